@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export TUNELAB_CACHE ?= $(CURDIR)/.cache
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint format typecheck check clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/tunelab run examples/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: setup
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

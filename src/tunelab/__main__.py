@@ -1,0 +1,5 @@
+"""``python -m tunelab`` is the ``tunelab`` command."""
+
+from tunelab.cli.main import main
+
+main()

@@ -1,0 +1,52 @@
+"""What every verb shares: the console, config loading from CLI options, quiet libraries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunelab.config import Config, load_config
+
+__all__ = ["ConfigArg", "SetOpt", "console", "err_console", "get_config", "quiet_libraries"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="YAML config file; omitted: the embedded defaults (quickstart).",
+                   show_default=False),
+]  # fmt: skip
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key, e.g. --set train.lr=1e-4 (repeatable)."),
+]  # fmt: skip
+
+
+def get_config(path: Path | None, overrides: list[str] | None) -> Config:
+    return load_config(path, overrides or [])
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Silence progress bars and advisory warnings of the ML libraries unless --debug."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if debug:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass

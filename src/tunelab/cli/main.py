@@ -1,0 +1,85 @@
+"""The ``tunelab`` command: one file per verb; this file registers them and maps errors."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tunelab import __version__
+from tunelab.cli import config as config_cmd
+from tunelab.cli import datasets, evaluate, generate, models, prepare, run, train
+from tunelab.cli._common import err_console, quiet_libraries
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    name="tunelab",
+    help="Fine-tune language models from one YAML file, and measure whether it helped.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tunelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and library logs."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    _state["debug"] = debug
+    quiet_libraries(debug)
+
+
+app.command("run")(run.run)
+app.command("prepare")(prepare.prepare)
+app.command("train")(train.train)
+app.command("eval")(evaluate.eval_)
+app.command("generate")(generate.generate)
+app.command("models")(models.models)
+app.command("datasets")(datasets.datasets)
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    """Console-script entry point: typed errors become a short message and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except TunelabError as exc:
+        if _state["debug"]:
+            raise
+        _print_error(exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the last checkpoint is intact (resume with --resume)")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _print_error(exc: TunelabError) -> None:
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(str(exc), markup=False, highlight=False)
+    if not _state["debug"]:
+        err_console.print("[dim](run with --debug for the traceback)[/]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""``tunelab run``: the whole pipeline."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
+from tunelab.cli._progress import training_progress
+from tunelab.workflow import run_pipeline
+
+
+def run(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run.")] = False,
+) -> None:
+    """Prepare data, evaluate the base model, fine-tune, evaluate the best checkpoint."""
+    cfg = get_config(config, set_)
+    console.print(f"[bold]tunelab run[/] → {cfg.run_dir}")
+    with training_progress() as progress:
+        results = run_pipeline(
+            cfg, resume=resume, progress=progress, events=lambda m: console.print(f"• {m}")
+        )
+    print_summary(results)
+    console.print(f"run folder: [bold]{cfg.run_dir}[/]  (results.json, model/, metrics.jsonl)")
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    base = results.get("base", {}).get("metrics", {})
+    tuned = results.get("tuned", {}).get("metrics", {})
+    table = Table(title="test split: base (zero-shot) vs fine-tuned")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("fine-tuned", justify="right")
+    table.add_column("change", justify="right")
+    for key in sorted(set(base) | set(tuned)):
+        b, t = base.get(key), tuned.get(key)
+        if not isinstance(b, int | float) and not isinstance(t, int | float):
+            continue
+        change = (
+            f"{t - b:+.4f}" if isinstance(b, int | float) and isinstance(t, int | float) else ""
+        )
+        table.add_row(key, _fmt(b), _fmt(t), change)
+    console.print(table)
+    training = results.get("training")
+    if training:
+        console.print(
+            f"trained {training['steps']} steps ({training['stopped']}), best step "
+            f"{training['best_step']}, {training['tokens_per_second']} tokens/s; "
+            f"wall {results['wall_seconds']} s, peak RSS {results['peak_rss_mb']} MiB"
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"

@@ -1,0 +1,267 @@
+"""The one config schema of tunelab.
+
+Every field has a description: they are the config reference (``tunelab config schema``,
+``docs/config.md``). Unknown keys are errors (``extra="forbid"``); the loader adds a
+did-you-mean suggestion. Components never see this object: builder functions pick the
+plain values they need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "EvalConfig",
+    "LoraConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "SplitConfig",
+    "TrainConfig",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field(
+        "smollm2-135m-instruct",
+        description="Base model: a built-in alias (see `tunelab models`), a local Hugging Face "
+        "folder, a `.gguf` file, or a hub id (needs a network).",
+    )
+    max_length: int = Field(
+        256,
+        ge=8,
+        le=131072,
+        description="Truncate every example to this many tokens (prompt is cut from the left, "
+        "the response is kept).",
+    )
+    use_chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Wrap prompts in the tokenizer's chat template: `auto` uses it when the "
+        "tokenizer has one (completion data never uses it).",
+    )
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for validation.")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for the test split.")
+    stratify: bool = Field(
+        True, description="Keep label proportions equal across splits (classification only)."
+    )
+    seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(
+                f"val + test = {self.val + self.test:g} leaves no training data; "
+                "make their sum smaller than 1"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    source: str | list[str] = Field(
+        "rotten_tomatoes",
+        description="A built-in recipe (see `tunelab datasets`), or a path / glob / list of "
+        "paths to JSONL, JSON, CSV, TSV or Parquet files.",
+    )
+    format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
+        "auto",
+        description="Row format. `auto` detects it from the columns and says which it chose.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map tunelab field names to your column names, e.g. "
+        "`{text: review, label: category}`. Fields: text, label, instruction, input, output, "
+        "prompt, completion, messages.",
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="Classification labels in order. Default: the sorted distinct labels "
+        "of the data.",
+    )
+    label_words: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the model says for each label, e.g. `{fresh: positive}`. Default: the "
+        "label itself.",
+    )
+    template: str | None = Field(
+        None,
+        description="Prompt template: a built-in name (sentiment, classification, instruction, "
+        "completion, chat) or Jinja text using the row's fields. Default: by format.",
+    )
+    system_prompt: str | None = Field(
+        None, description="A system message put before every prompt (chat template only)."
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="Use at most this many rows (a seeded sample, before splitting)."
+    )
+    max_train: int | None = Field(
+        None, ge=1, description="Cap the training split at this many rows (seeded sample)."
+    )
+    max_val: int | None = Field(
+        None, ge=1, description="Cap the validation split at this many rows (seeded sample)."
+    )
+    max_test: int | None = Field(
+        None, ge=1, description="Cap the test split at this many rows (seeded sample)."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules to adapt: `all-linear` or a list of module names such as "
+        "`[q_proj, v_proj]`.",
+    )
+
+
+class MethodConfig(_Section):
+    kind: Literal["lora", "full", "frozen"] = Field(
+        "lora",
+        description="`lora`: train low-rank adapters; `full`: train every weight; `frozen`: "
+        "train only the classifier head (needs `head: classifier`).",
+    )
+    head: Literal["lm", "classifier"] = Field(
+        "lm",
+        description="`lm`: the model answers with the label words (label scoring); "
+        "`classifier`: a linear layer over the labels replaces the LM head.",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+
+    @model_validator(mode="after")
+    def _frozen_needs_head(self) -> MethodConfig:
+        if self.kind == "frozen" and self.head != "classifier":
+            raise ValueError(
+                "kind 'frozen' trains nothing with the LM head; set `head: classifier` "
+                "or choose kind 'lora' or 'full'"
+            )
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int = Field(
+        3, ge=1, description="Stop after this many validations without improvement."
+    )
+    min_delta: float = Field(
+        0.0, ge=0.0, description="An improvement must lower val loss by more than this."
+    )
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2.0e-4, gt=0, lt=1.0, description="Peak learning rate (AdamW).")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    warmup: float = Field(
+        0.05, ge=0.0, description="Warmup: a fraction of all steps if < 1, else a step count."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this value; null disables."
+    )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Override the model's attention dropout (null keeps the model's value).",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Autocast dtype; weights stay fp32. `auto` uses bf16 where the CPU or GPU "
+        "runs it natively.",
+    )
+    eval_every: int = Field(
+        50, ge=1, description="Validate (and checkpoint) every this many optimizer steps."
+    )
+    val_max_examples: int | None = Field(
+        256,
+        ge=1,
+        description="Compute validation loss on at most this many val examples (a fixed "
+        "seeded subset); null uses the whole split.",
+    )
+    log_every: int = Field(10, ge=1, description="Write a metrics line every this many steps.")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        default_factory=EarlyStoppingConfig,
+        description="Stop when val loss stops improving; null disables.",
+    )
+    keep_checkpoints: int = Field(
+        1,
+        ge=1,
+        description="Step checkpoints kept besides the best one (oldest are deleted).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for training; null uses every core."
+    )
+    seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+
+
+Metric = Literal[
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "exact_match",
+    "bleu",
+    "rouge",
+    "perplexity",
+]
+
+
+class EvalConfig(_Section):
+    metrics: list[Metric] | Literal["auto"] = Field(
+        "auto",
+        description="Metrics on the test split. `auto`: accuracy and f1 for classification; "
+        "exact_match, bleu and rouge for generation.",
+    )
+    base: bool = Field(
+        True, description="Also evaluate the base model (zero-shot) on the same test split."
+    )
+    batch_size: int = Field(16, ge=1, description="Examples per evaluation batch.")
+    max_new_tokens: int = Field(
+        64, ge=1, description="Generation length limit for generation tasks."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for evaluation; null uses every core."
+    )
+
+
+class Config(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        "run", description="Run name; the run folder is `<output_dir>/<name>`."
+    )
+    output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The task data.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="What is trained.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Test-split evaluation.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, value: Path) -> Path:
+        if str(value).strip() == "":
+            raise ValueError("must be a folder path")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name

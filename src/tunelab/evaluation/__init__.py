@@ -1,0 +1,1 @@
+"""Evaluation: metrics over model outputs, and the runs that produce them."""

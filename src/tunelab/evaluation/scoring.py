@@ -1,0 +1,127 @@
+"""Classification by label scoring, and batched greedy generation.
+
+Label scoring ranks each label by log p(label tokens | prompt). When every label word is
+a single token (the usual case) one forward pass per batch reads all labels from the last
+prompt position; multi-token labels get one row per (example, label). A classifier head
+is read directly. Either way the result is an (N, C) matrix of label log-scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.batching import collate, eval_batches
+from tunelab.data.tokenize import Encoded
+from tunelab.models.task_model import TaskModel
+from tunelab.training.optim import autocast
+
+__all__ = ["generate", "label_logits"]
+
+
+@torch.no_grad()
+def label_logits(
+    model: TaskModel,
+    items: Sequence[Encoded],
+    label_ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    precision: str,
+) -> torch.Tensor:
+    """(N, C) log-likelihood of each label for each item's prompt (fp32, on CPU).
+
+    softmax over dim 1 gives the label probabilities; argmax the prediction.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    prompts = [Encoded(e.input_ids[: e.prompt_len], e.prompt_len, e.class_index) for e in items]
+    single = all(len(ids) == 1 for ids in label_ids)
+    if model.head == "classifier" or single:
+        out = torch.empty(len(prompts), len(label_ids))
+        first = torch.tensor([ids[0] for ids in label_ids], device=device)
+        for idx in eval_batches([e.length for e in prompts], batch_size):
+            batch = collate([prompts[i] for i in idx], pad_id)
+            with autocast(precision, device):
+                hidden = model.hidden(
+                    batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                )  # (B, T, H)
+                last = hidden[torch.arange(len(idx)), batch["prompt_len"].to(device) - 1]
+                if model.classifier is not None:
+                    scores = F.log_softmax(model.classifier(last).float(), dim=-1)  # (B, C)
+                else:
+                    logp = F.log_softmax(model.lm_head(last).float(), dim=-1)  # (B, V)
+                    scores = logp[:, first]  # (B, C)
+            out[idx] = scores.cpu()
+    else:
+        out = _multi_token_scores(model, prompts, label_ids, pad_id, batch_size, precision)
+    model.train(was_training)
+    return out
+
+
+def _multi_token_scores(
+    model: TaskModel,
+    prompts: Sequence[Encoded],
+    label_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int,
+    precision: str,
+) -> torch.Tensor:
+    device = next(model.parameters()).device
+    rows = [Encoded(p.input_ids + list(ids), p.prompt_len) for p in prompts for ids in label_ids]
+    sums = torch.empty(len(rows))
+    for idx in eval_batches([r.length for r in rows], batch_size):
+        batch = collate([rows[i] for i in idx], pad_id)
+        with autocast(precision, device):
+            hidden = model.hidden(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            logits = model.lm_head(hidden[:, :-1]).float()  # (B, T-1, V)
+        targets = batch["labels"][:, 1:].to(device)  # (B, T-1)
+        mask = targets != -100
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1))
+        sums[idx] = (logp.squeeze(-1) * mask).sum(dim=1).cpu()
+    return sums.view(len(prompts), len(label_ids))
+
+
+@torch.no_grad()
+def generate(
+    model: TaskModel,
+    tokenizer: Any,
+    items: Sequence[Encoded],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    precision: str,
+    repetition_penalty: float = 1.1,
+) -> list[str]:
+    """Greedy continuations of each item's prompt, batched with left padding and KV cache."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = [""] * len(items)
+    pad = tokenizer.pad_token_id
+    for idx in eval_batches([e.prompt_len for e in items], batch_size):
+        prompts = [items[i].input_ids[: items[i].prompt_len] for i in idx]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        with autocast(precision, device):
+            out = model.lm.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                repetition_penalty=repetition_penalty,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        for row, i in enumerate(idx):
+            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return outputs

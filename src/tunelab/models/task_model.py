@@ -1,0 +1,129 @@
+"""The model being trained: a causal LM (optionally with LoRA adapters) and its head.
+
+``head="lm"``: the model answers with label words / responses through its LM head.
+``head="classifier"``: a linear layer over the labels replaces the LM head; it reads the
+hidden state of the last prompt token. Its rows start as the LM head's rows of each label
+word's first token, so before training it predicts exactly what LM label scoring
+restricted to the labels predicts (a zero-shot start instead of a random one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from tunelab.errors import ConfigError
+
+__all__ = ["TaskModel", "build_task_model"]
+
+Head = Literal["lm", "classifier"]
+Kind = Literal["lora", "full", "frozen"]
+
+
+class TaskModel(nn.Module):
+    def __init__(self, lm: nn.Module, head: Head, classifier: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.head = head
+        self.classifier = classifier
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The transformer body (embeddings → blocks → final norm), adapters included."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return base.get_decoder()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return base.get_output_embeddings()
+
+    def hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None
+    ) -> torch.Tensor:
+        """Final hidden states, (B, T, H). Never computes vocabulary logits."""
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Only the parameters that training changes (adapters, head, or everything)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+        unknown = [n for n in state if n not in params]
+        if missing or unknown:
+            raise ValueError(
+                f"trainable state mismatch: missing={missing[:3]} unknown={unknown[:3]}"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+
+def build_task_model(
+    lm: nn.Module,
+    *,
+    kind: Kind,
+    head: Head,
+    label_token_ids: Sequence[int] | None = None,
+    lora_r: int = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.05,
+    lora_targets: str | list[str] = "all-linear",
+) -> TaskModel:
+    """Freeze/adapt ``lm`` for ``kind`` and attach ``head``.
+
+    ``label_token_ids`` (the first token of each label word) initialises a classifier head.
+    """
+    classifier = None
+    if head == "classifier":
+        if not label_token_ids:
+            raise ConfigError(
+                "method.head 'classifier' needs classification data with labels",
+                hint="use data with a label column, or method.head: lm",
+            )
+        weight = lm.get_output_embeddings().weight  # (V, H)
+        classifier = nn.Linear(weight.shape[1], len(label_token_ids), bias=True)
+        with torch.no_grad():
+            classifier.weight.copy_(weight[list(label_token_ids)])
+            classifier.bias.zero_()
+    if kind == "lora":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        targets: Any = lora_targets
+        peft_config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        try:
+            lm = get_peft_model(lm, peft_config)
+        except ValueError as exc:
+            raise ConfigError(
+                f"method.lora.targets {lora_targets!r}: {exc}",
+                hint="use `all-linear` or module names such as [q_proj, v_proj]",
+            ) from exc
+    elif kind == "frozen":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+    else:  # full
+        for p in lm.parameters():
+            p.requires_grad_(True)
+    if classifier is not None:
+        for p in classifier.parameters():
+            p.requires_grad_(True)
+    return TaskModel(lm, head, classifier)

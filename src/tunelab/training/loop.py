@@ -1,0 +1,197 @@
+"""The training loop: one function, read top to bottom.
+
+Everything that happens during training is visible in :func:`fit`: batch order, the
+forward/backward of each micro-batch, clipping, the optimizer step, logging, validation,
+early stopping and checkpoints. Helpers below compute values; they decide nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.data.batching import collate, train_batches
+from tunelab.data.tokenize import Encoded
+from tunelab.errors import TrainingError
+from tunelab.models.task_model import TaskModel
+from tunelab.training.checkpoint import TrainState, load_checkpoint, read_pointer, save_checkpoint
+from tunelab.training.loss import batch_loss, mean_loss
+from tunelab.training.metrics_log import MetricsLog
+from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
+
+__all__ = ["LoopSettings", "fit", "plan_steps"]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    batch_size: int
+    grad_accum: int
+    epochs: float
+    max_steps: int | None
+    lr: float
+    schedule: str
+    warmup: float
+    weight_decay: float
+    max_grad_norm: float | None
+    precision: str  # resolved: "fp32" | "bf16"
+    eval_every: int
+    log_every: int
+    patience: int | None  # None: no early stopping
+    min_delta: float
+    seed: int
+    keep_checkpoints: int
+    pad_id: int
+
+
+def plan_steps(n_train: int, s: LoopSettings) -> int:
+    """Optimizer steps of the whole run."""
+    if s.max_steps is not None:
+        return s.max_steps
+    micro_per_epoch = math.ceil(n_train / s.batch_size)
+    return max(1, math.ceil(micro_per_epoch * s.epochs / s.grad_accum))
+
+
+def fit(
+    model: TaskModel,
+    train: Sequence[Encoded],
+    val: Sequence[Encoded],
+    s: LoopSettings,
+    *,
+    checkpoints: Path,
+    config_yaml: str,
+    log: MetricsLog,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainState:
+    """Train ``model`` in place; return the final loop state (best step, why it stopped)."""
+    device = next(model.parameters()).device
+    total = plan_steps(len(train), s)
+    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = build_scheduler(
+        optimizer, schedule=s.schedule, warmup=warmup_steps(s.warmup, total), total_steps=total
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lengths = [e.length for e in train]
+    state = TrainState()
+    if resume:
+        state = _restore(model, optimizer, scheduler, checkpoints)
+        log.truncate_after(state.step)
+    started = time.perf_counter() - state.elapsed
+    model.train()
+
+    while state.step < total and state.stopped is None:
+        order = train_batches(lengths, s.batch_size, seed=s.seed, epoch=state.epoch)
+        while state.batch_in_epoch < len(order) and state.step < total:
+            # ---- one optimizer step over grad_accum micro-batches -------------------
+            micro = order[state.batch_in_epoch : state.batch_in_epoch + s.grad_accum]
+            batches = [collate([train[i] for i in idx], s.pad_id) for idx in micro]
+            terms = sum(_term_count(b, model.head) for b in batches)
+            step_loss = 0.0
+            for batch in batches:
+                with autocast(s.precision, device):
+                    loss_sum, _ = batch_loss(model, _to(batch, device))
+                (loss_sum / terms).backward()
+                step_loss += loss_sum.item()
+                state.tokens += int(batch["attention_mask"].sum())
+            step_loss /= terms
+            if not math.isfinite(step_loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(
+                    f"loss became {step_loss} at step {state.step + 1}; training stopped and "
+                    f"no update was applied. Best checkpoint: "
+                    f"{read_pointer(checkpoints).get('best') or 'none yet'} in {checkpoints}",
+                    hint="lower train.lr, check the data for empty or huge examples, or use "
+                    "train.precision: fp32",
+                )
+            grad_norm = _clip(trainable, s.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += len(micro)
+            state.elapsed = time.perf_counter() - started
+
+            # ---- logging ------------------------------------------------------------
+            lr = scheduler.get_last_lr()[0]
+            if state.step % s.log_every == 0 or state.step == total:
+                log.write(
+                    {"step": state.step, "epoch": _epoch(state, len(order)), "loss": step_loss,
+                     "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens,
+                     "elapsed": round(state.elapsed, 2)}
+                )  # fmt: skip
+            if progress is not None:
+                progress({"step": state.step, "total": total, "loss": step_loss,
+                          "val_loss": state.best_val, "elapsed": state.elapsed})  # fmt: skip
+
+            # ---- validation, early stopping, checkpoint ---------------------------------
+            if state.step % s.eval_every == 0 or state.step == total:
+                val_loss = mean_loss(model, val, s.pad_id, s.batch_size, s.precision)
+                model.train()
+                improved = state.best_val is None or val_loss < state.best_val - s.min_delta
+                if improved:
+                    state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
+                else:
+                    state.bad_evals += 1
+                if s.patience is not None and state.bad_evals >= s.patience:
+                    state.stopped = "early_stopping"
+                elif state.step == total:
+                    state.stopped = "completed"
+                log.write({"step": state.step, "val_loss": val_loss, "best_val": state.best_val})
+                if progress is not None:
+                    progress({"step": state.step, "total": total, "val_loss": val_loss})
+                save_checkpoint(
+                    checkpoints, state=state, trainable=model.trainable_state(),
+                    optimizer={"optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict()},
+                    config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
+                )  # fmt: skip
+                if state.stopped is not None:
+                    break
+        if state.batch_in_epoch >= len(order):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    log.flush()
+    return state
+
+
+def _restore(model: TaskModel, optimizer, scheduler, checkpoints: Path) -> TrainState:
+    pointer = read_pointer(checkpoints)
+    if not pointer.get("last"):
+        return TrainState()  # nothing saved yet: a resumed run starts from the beginning
+    state, trainable, opt = load_checkpoint(checkpoints / str(pointer["last"]))
+    model.load_trainable_state(trainable)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    if state.stopped is not None:
+        raise TrainingError(
+            f"the run in {checkpoints.parent} already finished ({state.stopped} at step "
+            f"{state.step})",
+            hint="start a new run (another `name`) or raise train.epochs / max_steps",
+        )
+    return state
+
+
+def _term_count(batch: dict[str, torch.Tensor], head: str) -> int:
+    if head == "classifier":
+        return int(batch["class_index"].numel())
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    if max_norm is None:
+        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _epoch(state: TrainState, batches_in_epoch: int) -> float:
+    return round(state.epoch + state.batch_in_epoch / max(batches_in_epoch, 1), 4)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}

@@ -1,0 +1,321 @@
+"""The stages of a run, wired from the config through small builder functions.
+
+``run`` = prepare → base eval (zero-shot) → train → eval of the best checkpoint → export
+→ ``results.json``. Each stage is also callable alone (the ``prepare``/``train``/``eval``
+verbs). Components receive plain values; only the builders here read the config.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab import __version__
+from tunelab.config import Config, dump_config
+from tunelab.data.prepare import DataSpec, Prepared, prepare, read_prepared, write_prepared
+from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
+from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate
+from tunelab.models.loading import describe_base, load_base, load_tokenizer
+from tunelab.models.saved import load_trained, save_trained
+from tunelab.models.task_model import TaskModel, build_task_model
+from tunelab.results import peak_rss_mb, write_json
+from tunelab.training.checkpoint import load_checkpoint, read_pointer
+from tunelab.training.loop import LoopSettings, fit
+from tunelab.training.metrics_log import MetricsLog
+from tunelab.training.optim import resolve_precision
+
+__all__ = [
+    "Setup",
+    "Stages",
+    "TaskData",
+    "data_spec",
+    "encode_splits",
+    "eval_settings",
+    "evaluate_stage",
+    "loop_settings",
+    "prepare_stage",
+    "run_pipeline",
+    "set_threads",
+    "setup",
+]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TaskData:
+    """Prepared splits plus their token ids, for one tokenizer."""
+
+    prepared: Prepared
+    encoded: dict[str, list[Encoded]]
+    label_ids: list[list[int]] | None
+
+
+@dataclass(frozen=True)
+class Stages:
+    base_eval: bool = True
+    train: bool = True
+    tuned_eval: bool = True
+
+
+# ---- builders: config -> plain values ----------------------------------------------------
+
+
+def data_spec(cfg: Config) -> DataSpec:
+    d = cfg.data
+    return DataSpec(
+        source=d.source,
+        format=d.format,
+        columns=d.columns,
+        labels=d.labels,
+        label_words=d.label_words,
+        template=d.template,
+        system_prompt=d.system_prompt,
+        max_rows=d.max_rows,
+        caps={"train": d.max_train, "val": d.max_val, "test": d.max_test},
+        val=d.split.val,
+        test=d.split.test,
+        stratify=d.split.stratify,
+        seed=d.split.seed,
+    )
+
+
+def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
+    t = cfg.train
+    return LoopSettings(
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        lr=t.lr,
+        schedule=t.schedule,
+        warmup=t.warmup,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        precision=precision,
+        eval_every=t.eval_every,
+        log_every=t.log_every,
+        patience=t.early_stopping.patience if t.early_stopping else None,
+        min_delta=t.early_stopping.min_delta if t.early_stopping else 0.0,
+        seed=t.seed,
+        keep_checkpoints=t.keep_checkpoints,
+        pad_id=pad_id,
+    )
+
+
+def eval_settings(cfg: Config, precision: str, pad_id: int, classification: bool) -> EvalSettings:
+    metrics = cfg.eval.metrics
+    return EvalSettings(
+        metrics=default_metrics(classification) if metrics == "auto" else list(metrics),
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        precision=precision,
+        pad_id=pad_id,
+    )
+
+
+def set_threads(threads: int | None) -> int:
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+# ---- stages ----------------------------------------------------------------------------
+
+
+def prepare_stage(cfg: Config, run_dir: Path, *, reuse: bool) -> Prepared:
+    """Prepare data into ``run_dir/data`` (or reuse what a previous attempt wrote)."""
+    folder = run_dir / "data"
+    if reuse and (folder / "prepared.json").is_file():
+        return read_prepared(folder)
+    prep = prepare(data_spec(cfg))
+    write_prepared(prep, folder)
+    return prep
+
+
+def encode_splits(cfg: Config, prep: Prepared, tokenizer: Any) -> TaskData:
+    formatter = PromptFormatter(tokenizer, cfg.model.use_chat_template)
+    encoded = {
+        name: [
+            encode(tokenizer, formatter, ex, max_length=cfg.model.max_length, labels=prep.labels)
+            for ex in examples
+        ]
+        for name, examples in prep.splits.items()
+    }
+    label_ids = label_token_ids(tokenizer, prep.words) if prep.words else None
+    if cfg.method.head == "classifier":  # the head reads the prompt; response tokens unused
+        encoded = {
+            k: [Encoded(e.input_ids[: e.prompt_len], e.prompt_len, e.class_index) for e in v]
+            for k, v in encoded.items()
+        }
+    return TaskData(prep, encoded, label_ids)
+
+
+def val_subset(items: list[Encoded], cap: int | None, seed: int) -> list[Encoded]:
+    if cap is None or len(items) <= cap:
+        return items
+    idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:cap]
+    return [items[i] for i in sorted(idx.tolist())]
+
+
+def model_info(cfg: Config, prep: Prepared) -> dict[str, Any]:
+    """What ``tunelab_model.json`` records to rebuild and prompt the model."""
+    return {
+        "base": cfg.model.base,
+        "kind": cfg.method.kind,
+        "head": cfg.method.head,
+        "format": prep.format,
+        "labels": prep.labels,
+        "label_words": prep.label_words,
+        "template": cfg.data.template or prep.card.get("template"),
+        "system_prompt": cfg.data.system_prompt,
+        "use_chat_template": cfg.model.use_chat_template,
+        "max_length": cfg.model.max_length,
+        "tunelab_version": __version__,
+        "data_hash": prep.hash,
+    }
+
+
+@dataclass
+class Setup:
+    """What every stage needs: prepared data, tokenizer, token ids, device, precision."""
+
+    prep: Prepared
+    tokenizer: Any
+    task: TaskData
+    device: torch.device
+    precision: str
+    ev: EvalSettings
+    threads: int
+
+
+def setup(cfg: Config, *, reuse_data: bool, threads: int | None, tokenizer: Any = None) -> Setup:
+    n_threads = set_threads(threads)
+    prep = prepare_stage(cfg, cfg.run_dir, reuse=reuse_data)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.base)
+    task = encode_splits(cfg, prep, tokenizer)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.train.precision, device)
+    ev = eval_settings(cfg, precision, tokenizer.pad_token_id, prep.labels is not None)
+    return Setup(prep, tokenizer, task, device, precision, ev, n_threads)
+
+
+def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test") -> dict[str, Any]:
+    """Metrics of the base model (``model_path`` None) or a saved model on a split."""
+    tokenizer, model = None, None
+    if model_path is not None:
+        model, tokenizer, _info = load_trained(model_path)
+    env = setup(cfg, reuse_data=True, threads=cfg.eval.threads, tokenizer=tokenizer)
+    if model is None:
+        model = TaskModel(load_base(cfg.model.base), "lm")
+    model = model.to(env.device)
+    examples, items = env.prep.splits[split], env.task.encoded[split]
+    result = evaluate(
+        model, env.tokenizer, examples, items, env.ev,
+        labels=env.prep.labels, label_ids=env.task.label_ids,
+    )  # fmt: skip
+    result["model"] = str(model_path) if model_path else cfg.model.base
+    result["split"] = split
+    return result
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    stages: Stages = Stages(),
+    resume: bool = False,
+    progress: Progress | None = None,
+    events: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the configured stages into ``cfg.run_dir`` and return ``results.json``'s content."""
+    say = events or (lambda _msg: None)
+    started = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = dump_config(cfg)
+    (run_dir / "config.resolved.yaml").write_text(config_yaml)
+    torch.manual_seed(cfg.train.seed)
+    env = setup(cfg, reuse_data=resume, threads=cfg.train.threads)
+    prep, task, tokenizer, ev, device = env.prep, env.task, env.tokenizer, env.ev, env.device
+    precision = env.precision
+    say(f"data: {prep.card['format_note']}; splits {prep.card['splits']}")
+    lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
+    say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
+
+    results: dict[str, Any] = {
+        "tunelab_version": __version__,
+        "run": cfg.name,
+        "model": describe_base(cfg.model.base),
+        "method": {"kind": cfg.method.kind, "head": cfg.method.head},
+        "data": prep.card,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "device": str(device), "precision": precision, "threads": env.threads},
+    }  # fmt: skip
+    test = task.encoded["test"]
+    eval_kwargs = {"labels": prep.labels, "label_ids": task.label_ids}
+    if stages.base_eval and cfg.eval.base and test:
+        say(f"evaluating the base model zero-shot on {len(test)} test examples")
+        base_model = TaskModel(lm, "lm")
+        results["base"] = evaluate(
+            base_model, tokenizer, prep.splits["test"], test, ev, **eval_kwargs
+        )
+
+    model = build_task_model(
+        lm,
+        kind=cfg.method.kind,
+        head=cfg.method.head,
+        label_token_ids=[ids[0] for ids in task.label_ids] if task.label_ids else None,
+        lora_r=cfg.method.lora.r,
+        lora_alpha=cfg.method.lora.alpha,
+        lora_dropout=cfg.method.lora.dropout,
+        lora_targets=cfg.method.lora.targets,
+    ).to(device)
+    results["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results["total_params"] = sum(p.numel() for p in model.parameters())
+
+    if stages.train:
+        log = MetricsLog(run_dir)
+        say(f"training on {len(task.encoded['train'])} examples")
+        val = val_subset(task.encoded["val"], cfg.train.val_max_examples, cfg.train.seed)
+        state = fit(
+            model,
+            task.encoded["train"],
+            val,
+            loop_settings(cfg, precision, tokenizer.pad_token_id),
+            checkpoints=run_dir / "checkpoints",
+            config_yaml=config_yaml,
+            log=log,
+            resume=resume,
+            progress=progress,
+        )
+        log.close()
+        best = read_pointer(run_dir / "checkpoints").get("best")
+        if best:
+            _, trainable, _ = load_checkpoint(run_dir / "checkpoints" / best)
+            model.load_trainable_state(trainable)
+        results["training"] = {
+            "steps": state.step,
+            "stopped": state.stopped,
+            "best_step": state.best_step,
+            "best_val_loss": state.best_val,
+            "tokens": state.tokens,
+            "seconds": round(state.elapsed, 1),
+            "tokens_per_second": round(state.tokens / max(state.elapsed, 1e-9), 1),
+        }
+        save_trained(model, tokenizer, run_dir / "model", model_info(cfg, prep))
+        say(f"best checkpoint: {best} (val loss {state.best_val:.4f}); model saved")
+
+    if stages.tuned_eval and test:
+        say(f"evaluating the fine-tuned model on {len(test)} test examples")
+        results["tuned"] = evaluate(model, tokenizer, prep.splits["test"], test, ev, **eval_kwargs)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["peak_rss_mb"] = peak_rss_mb()
+    write_json(run_dir / "results.json", results)
+    return results

@@ -1,0 +1,91 @@
+"""The loss and label scoring are checked against plain transformers computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from tunelab.data.batching import collate
+from tunelab.data.tokenize import Encoded
+from tunelab.evaluation.scoring import label_logits
+from tunelab.models.task_model import TaskModel, build_task_model
+from tunelab.training.loss import batch_loss, mean_loss
+
+
+@pytest.fixture()
+def lm(tiny_model_dir):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _items():
+    return [
+        Encoded([3, 10, 11, 12, 20, 21], prompt_len=4),
+        Encoded([3, 13, 22, 23], prompt_len=2),
+        Encoded([3, 14, 15, 16, 17, 30, 31, 2], prompt_len=5),
+    ]
+
+
+def test_selected_position_loss_equals_transformers_loss(lm):
+    """Reference: HF's own causal-LM loss with -100 labels, which builds all (B, T, V) logits."""
+    batch = collate(_items(), pad_id=0)
+    model = TaskModel(lm, "lm")
+    loss_sum, n = batch_loss(model, batch)
+    ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+             labels=batch["labels"]).loss  # fmt: skip
+    assert n == 2 + 2 + 3
+    torch.testing.assert_close(loss_sum / n, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_loss_is_token_weighted(lm):
+    model = TaskModel(lm, "lm")
+    items = _items()
+    sums = [batch_loss(model, collate([e], 0)) for e in items]
+    expected = sum(s.item() for s, _ in sums) / sum(n for _, n in sums)
+    assert mean_loss(model, items, 0, batch_size=2, precision="fp32") == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_label_scoring_matches_a_per_example_forward(lm):
+    """One batched pass over padded prompts gives the same scores as each prompt alone."""
+    model = TaskModel(lm, "lm")
+    items = _items()
+    label_ids = [[40], [41], [42]]
+    scores = label_logits(model, items, label_ids, pad_id=0, batch_size=3, precision="fp32")
+    for row, e in enumerate(items):
+        ids = torch.tensor([e.input_ids[: e.prompt_len]])
+        logp = F.log_softmax(lm(input_ids=ids).logits[0, -1], dim=-1)
+        torch.testing.assert_close(scores[row], logp[[40, 41, 42]], rtol=1e-4, atol=1e-5)
+
+
+def test_multi_token_labels_sum_their_token_logprobs(lm):
+    model = TaskModel(lm, "lm")
+    items = _items()[:2]
+    label_ids = [[40, 41], [42]]
+    scores = label_logits(model, items, label_ids, pad_id=0, batch_size=4, precision="fp32")
+    e = items[0]
+    prompt = e.input_ids[: e.prompt_len]
+    logp = F.log_softmax(lm(input_ids=torch.tensor([[*prompt, 40, 41]])).logits[0], dim=-1)
+    expected = logp[len(prompt) - 1, 40] + logp[len(prompt), 41]
+    assert scores[0, 0].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_classifier_head_starts_as_restricted_label_scoring(lm):
+    """Initialised from the LM head rows, the classifier equals softmax over label logits."""
+    items = _items()
+    plain = label_logits(TaskModel(lm, "lm"), items, [[40], [41]], pad_id=0, batch_size=3,
+                         precision="fp32")  # fmt: skip
+    head = build_task_model(lm, kind="frozen", head="classifier", label_token_ids=[40, 41])
+    scores = label_logits(head, items, [[40], [41]], pad_id=0, batch_size=3, precision="fp32")
+    torch.testing.assert_close(scores.softmax(-1), plain.softmax(-1), rtol=1e-4, atol=1e-5)
+    loss_sum, n = batch_loss(
+        head, collate([Encoded(e.input_ids, e.prompt_len, 1) for e in items], 0)
+    )
+    assert n == 3 and math.isfinite(loss_sum.item())
+    trainable = [name for name, p in head.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.weight", "classifier.bias"]
