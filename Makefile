@@ -17,6 +17,9 @@ demo: setup
 	$(BIN)/tunelab run examples/quickstart.yaml
 
 test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

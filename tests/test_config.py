@@ -76,3 +76,12 @@ def test_resolved_config_round_trips():
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     assert isinstance(load_config(path), Config)
+
+
+def test_config_reference_is_current():
+    """docs/config.md is generated from the schema; regenerate with the command it names."""
+    from tunelab.config.reference import render_reference
+
+    assert (ROOT / "docs" / "config.md").read_text() == render_reference(), (
+        "docs/config.md is stale: run `python -m tunelab.config.reference > docs/config.md`"
+    )

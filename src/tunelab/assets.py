@@ -11,7 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, TunelabError
 
 __all__ = ["cache_dir", "find_package_file", "package_dir"]
 
@@ -41,7 +41,7 @@ def package_dir(package: str) -> Path | None:
 
 
 def find_package_file(
-    package: str, relpath: str, pip_spec: str, error: type[Exception] = ModelError
+    package: str, relpath: str, pip_spec: str, error: type[TunelabError] = ModelError
 ) -> Path:
     """Path of ``relpath`` inside ``package``; raises ``error`` naming the install command."""
     root = package_dir(package)

@@ -259,13 +259,13 @@ def run_pipeline(
                         "device": str(device), "precision": precision, "threads": env.threads},
     }  # fmt: skip
     test = task.encoded["test"]
-    eval_kwargs = {"labels": prep.labels, "label_ids": task.label_ids}
     if stages.base_eval and cfg.eval.base and test:
         say(f"evaluating the base model zero-shot on {len(test)} test examples")
         base_model = TaskModel(lm, "lm")
         results["base"] = evaluate(
-            base_model, tokenizer, prep.splits["test"], test, ev, **eval_kwargs
-        )
+            base_model, tokenizer, prep.splits["test"], test, ev,
+            labels=prep.labels, label_ids=task.label_ids,
+        )  # fmt: skip
 
     model = build_task_model(
         lm,
@@ -276,6 +276,7 @@ def run_pipeline(
         lora_alpha=cfg.method.lora.alpha,
         lora_dropout=cfg.method.lora.dropout,
         lora_targets=cfg.method.lora.targets,
+        lora_layers=cfg.method.lora.layers,
     ).to(device)
     results["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results["total_params"] = sum(p.numel() for p in model.parameters())
@@ -314,7 +315,10 @@ def run_pipeline(
 
     if stages.tuned_eval and test:
         say(f"evaluating the fine-tuned model on {len(test)} test examples")
-        results["tuned"] = evaluate(model, tokenizer, prep.splits["test"], test, ev, **eval_kwargs)
+        results["tuned"] = evaluate(
+            model, tokenizer, prep.splits["test"], test, ev,
+            labels=prep.labels, label_ids=task.label_ids,
+        )  # fmt: skip
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["peak_rss_mb"] = peak_rss_mb()
     write_json(run_dir / "results.json", results)

@@ -24,7 +24,7 @@ def training_progress() -> Iterator[Any]:
         transient=False,
     )
     task_id = None
-    fields = {"loss": "-", "val": "-"}
+    fields: dict[str, Any] = {"loss": "-", "val": "-"}
 
     def update(info: dict[str, Any]) -> None:
         nonlocal task_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,8 +31,9 @@ def generate(
     torch.set_num_threads(1)  # decoding is latency-bound; one thread is steadiest (ASSETS.md)
     task_model, tokenizer, _info = load_any(model)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-              "repetition_penalty": repetition_penalty, "seed": seed}  # fmt: skip
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                              "top_p": top_p, "repetition_penalty": repetition_penalty,
+                              "seed": seed}  # fmt: skip
     if prompt is not None:
         messages.append({"role": "user", "content": prompt})
         print(reply(task_model, tokenizer, messages, **kwargs))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.assets import cache_dir, find_package_file
 from tunelab.errors import ModelError
@@ -77,7 +77,7 @@ def tokenizer_from(location: str | Path, name: str | None = None) -> Any:
     return tok
 
 
-def load_base(base: str, *, dropout: float | None = None) -> PreTrainedModel:
+def load_base(base: str, *, dropout: float | None = None) -> Any:
     """Load the base causal LM in fp32 (master weights stay fp32; autocast does bf16)."""
     location = resolve_base(base)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
@@ -123,8 +123,8 @@ def _converted(gguf: Path, target: Path) -> Path:
     except Exception as exc:  # gguf / transformers raise many kinds
         raise ModelError(f"cannot read GGUF file {gguf}: {exc}") from exc
     # transformers keeps a GGUF quantizer attached that refuses save_pretrained and training
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - typed as a module attribute
+    setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)

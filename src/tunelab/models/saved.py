@@ -66,7 +66,7 @@ def load_trained(folder: Path) -> tuple[TaskModel, Any, dict[str, Any]]:
     info = json.loads((folder / INFO_FILE).read_text())
     tokenizer = tokenizer_from(folder)
     if info["kind"] == "full":
-        lm: nn.Module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        lm: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     else:
         lm = load_base(info["base"])
         if info["kind"] == "lora":

@@ -25,6 +25,8 @@ Kind = Literal["lora", "full", "frozen"]
 
 
 class TaskModel(nn.Module):
+    lm: Any  # a transformers PreTrainedModel or a peft PeftModel wrapping one
+
     def __init__(self, lm: nn.Module, head: Head, classifier: nn.Linear | None = None) -> None:
         super().__init__()
         self.lm = lm
@@ -72,7 +74,7 @@ class TaskModel(nn.Module):
 
 
 def build_task_model(
-    lm: nn.Module,
+    lm: Any,
     *,
     kind: Kind,
     head: Head,
@@ -81,6 +83,7 @@ def build_task_model(
     lora_alpha: float = 32.0,
     lora_dropout: float = 0.05,
     lora_targets: str | list[str] = "all-linear",
+    lora_layers: int | list[int] | None = None,
 ) -> TaskModel:
     """Freeze/adapt ``lm`` for ``kind`` and attach ``head``.
 
@@ -102,11 +105,15 @@ def build_task_model(
         for p in lm.parameters():
             p.requires_grad_(False)
         targets: Any = lora_targets
+        layers = _layer_indices(lm, lora_layers)
+        if layers is not None and targets == "all-linear":
+            targets = _linear_names(lm)  # peft takes layer indices only with a list of names
         peft_config = LoraConfig(
             r=lora_r,
-            lora_alpha=lora_alpha,
+            lora_alpha=lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
             lora_dropout=lora_dropout,
             target_modules=targets,
+            layers_to_transform=layers,
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -127,3 +134,29 @@ def build_task_model(
         for p in classifier.parameters():
             p.requires_grad_(True)
     return TaskModel(lm, head, classifier)
+
+
+def _layer_indices(lm: Any, layers: int | list[int] | None) -> list[int] | None:
+    if layers is None:
+        return None
+    total = int(lm.config.num_hidden_layers)
+    chosen = list(range(max(total - layers, 0), total)) if isinstance(layers, int) else layers
+    bad = [i for i in chosen if not 0 <= i < total]
+    if bad or not chosen:
+        raise ConfigError(
+            f"method.lora.layers {layers!r} does not fit a model of {total} layers",
+            hint=f"use an int 1..{total} (top layers) or indices 0..{total - 1}",
+        )
+    return chosen
+
+
+def _linear_names(lm: Any) -> list[str]:
+    """Last name component of every linear layer but the output head (peft's all-linear)."""
+    head = lm.get_output_embeddings()
+    return sorted(
+        {
+            n.split(".")[-1]
+            for n, m in lm.named_modules()
+            if isinstance(m, nn.Linear) and m is not head
+        }
+    )

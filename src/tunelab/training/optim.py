@@ -16,7 +16,8 @@ __all__ = ["autocast", "build_optimizer", "build_scheduler", "resolve_precision"
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over trainable parameters; biases and norm weights (1-D tensors) get no decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
