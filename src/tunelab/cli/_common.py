@@ -20,7 +20,7 @@ err_console = Console(stderr=True)
 
 ConfigArg = Annotated[
     Path | None,
-    typer.Argument(help="YAML config file; omitted: the embedded defaults (quickstart).",
+    typer.Argument(help="YAML config file; omitted: the packaged quickstart (embedded model and data).",
                    show_default=False),
 ]  # fmt: skip
 SetOpt = Annotated[
@@ -29,8 +29,12 @@ SetOpt = Annotated[
 ]  # fmt: skip
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
 def get_config(path: Path | None, overrides: list[str] | None) -> Config:
-    return load_config(path, overrides or [])
+    """The given config, or with none the packaged quickstart (the embedded defaults)."""
+    return load_config(path if path is not None else QUICKSTART, overrides or [])
 
 
 def quiet_libraries(debug: bool) -> None:

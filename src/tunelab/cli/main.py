@@ -50,28 +50,17 @@ app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
-    """Console-script entry point: typed errors become a short message and exit code 1."""
+    """Console-script entry point: typed errors become a short message and exit code 1.
+
+    Usage errors are handled by the command framework itself (message, exit code 2).
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except TunelabError as exc:
         if _state["debug"]:
             raise
         _print_error(exc)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; the last checkpoint is intact (resume with --resume)")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 def _print_error(exc: TunelabError) -> None:

@@ -1,0 +1,46 @@
+"""The data stage as a whole: split sizes, caps, the data card, and the on-disk round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_sentiment_jsonl
+from tunelab.data.prepare import DataSpec, prepare, read_prepared, write_prepared
+from tunelab.errors import DataError
+
+
+def test_card_counts_add_up_and_splits_are_disjoint(tmp_path):
+    data = write_sentiment_jsonl(tmp_path / "s.jsonl", n=101)
+    prep = prepare(DataSpec(source=str(data), caps={"test": 5}, label_words={"pos": "positive"}))
+    card = prep.card
+    assert card["rows_loaded"] == 101
+    kept = sum(card["splits"].values())
+    assert kept + sum(card["dropped_by_split_caps"].values()) + card["dropped_by_max_rows"] == 101
+    assert card["splits"]["test"] == 5
+    origins = [{ex.origin for ex in prep.splits[s]} for s in ("train", "val", "test")]
+    assert not (origins[0] & origins[1]) and not (origins[0] & origins[2])
+    assert not (origins[1] & origins[2])
+    assert prep.labels == ["neg", "pos"]
+    assert prep.label_words == {"neg": "neg", "pos": "positive"}
+    # stratified: both labels in every split
+    for name in ("train", "val", "test"):
+        assert set(card["label_balance"][name]) == {"neg", "pos"}
+
+
+def test_prepare_is_deterministic_and_round_trips(tmp_path):
+    data = write_sentiment_jsonl(tmp_path / "s.jsonl", n=40)
+    a = prepare(DataSpec(source=str(data), seed=3))
+    b = prepare(DataSpec(source=str(data), seed=3))
+    c = prepare(DataSpec(source=str(data), seed=4))
+    assert a.hash == b.hash and a.hash != c.hash
+    write_prepared(a, tmp_path / "data")
+    again = read_prepared(tmp_path / "data")
+    assert again.splits == a.splits and again.hash == a.hash and again.labels == a.labels
+
+
+def test_labels_outside_the_declared_list_are_an_error(tmp_path):
+    data = write_sentiment_jsonl(tmp_path / "s.jsonl", n=10)
+    with pytest.raises(DataError, match=r"labels \['pos'\] occur in the data"):
+        prepare(DataSpec(source=str(data), labels=["neg"]))
+    with pytest.raises(DataError, match="share a label word"):
+        prepare(DataSpec(source=str(data), label_words={"pos": "x", "neg": "x"}))
