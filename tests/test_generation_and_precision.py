@@ -90,7 +90,7 @@ def test_unknown_model_base_lists_aliases(tmp_path):
     with pytest.raises(ModelError, match="smollm2-135m-instruct"):
         resolve_base("not a model")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         resolve_base(str(tmp_path / "empty"))
     with pytest.raises(ModelError, match="GGUF file not found"):
         resolve_base(str(tmp_path / "missing.gguf"))

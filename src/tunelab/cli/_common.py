@@ -20,7 +20,7 @@ err_console = Console(stderr=True)
 
 ConfigArg = Annotated[
     Path | None,
-    typer.Argument(help="YAML config file; omitted: the packaged quickstart (embedded model and data).",
+    typer.Argument(help="YAML config; omitted: the packaged quickstart (embedded model and data).",
                    show_default=False),
 ]  # fmt: skip
 SetOpt = Annotated[
