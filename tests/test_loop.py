@@ -1,0 +1,70 @@
+"""The training loop's arithmetic: gradient accumulation, step planning, early stopping."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunelab.data.tokenize import Encoded
+from tunelab.models.task_model import build_task_model
+from tunelab.training.loop import LoopSettings, fit, plan_steps
+from tunelab.training.metrics_log import MetricsLog, read_metrics
+
+BASE = dict(
+    batch_size=4, grad_accum=1, epochs=1.0, max_steps=1, lr=1e-2, schedule="constant",
+    warmup=0.0, weight_decay=0.0, max_grad_norm=None, precision="fp32", eval_every=1,
+    log_every=1, patience=None, min_delta=0.0, seed=0, keep_checkpoints=1, pad_id=0,
+)  # fmt: skip
+
+
+def _items() -> list[Encoded]:
+    # responses of different lengths: a per-micro-batch mean would weight tokens unequally
+    return [Encoded(list(range(3, 3 + n)), prompt_len=2) for n in (5, 9, 4, 12)]
+
+
+def _train(tmp_path, lm, name: str, **over) -> dict[str, torch.Tensor]:
+    model = build_task_model(copy.deepcopy(lm), kind="full", head="lm")
+    fit(model, _items(), _items()[:2], LoopSettings(**{**BASE, **over}),
+        checkpoints=tmp_path / name, config_yaml="", log=MetricsLog(tmp_path / name,
+        tensorboard=False))  # fmt: skip
+    return {k: v.clone() for k, v in model.trainable_state().items()}
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, tiny_model_dir):
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # one step over all 4 examples either way; SGD-like check through AdamW's first step
+    one = _train(tmp_path, lm, "one", batch_size=4, grad_accum=1)
+    two = _train(tmp_path, lm, "two", batch_size=2, grad_accum=2)
+    four = _train(tmp_path, lm, "four", batch_size=1, grad_accum=4)
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(one[name], four[name], rtol=1e-4, atol=1e-6)
+    changed = sum(not torch.equal(one[n], lm.state_dict()[n.removeprefix("lm.")])
+                  for n in one if n.removeprefix("lm.") in lm.state_dict())  # fmt: skip
+    assert changed > 0
+
+
+def test_plan_steps_from_epochs_and_accumulation():
+    s = LoopSettings(**{**BASE, "max_steps": None, "batch_size": 4, "grad_accum": 2, "epochs": 2.5})
+    # 10 examples -> 3 micro-batches per epoch -> 7.5 micro-batches -> 4 optimizer steps
+    assert plan_steps(10, s) == 4
+    assert plan_steps(10, LoopSettings(**{**BASE, "max_steps": 7})) == 7
+
+
+def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir):
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = build_task_model(lm, kind="full", head="lm")
+    # a learning rate this large makes validation loss rise after the first step
+    s = LoopSettings(**{**BASE, "max_steps": 50, "lr": 5.0, "patience": 2, "eval_every": 1})
+    state = fit(model, _items(), _items(), s, checkpoints=tmp_path / "c", config_yaml="",
+                log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
+    assert state.stopped == "early_stopping"
+    assert state.step == state.best_step + 2
+    vals = [m["val_loss"] for m in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in m]
+    assert len(vals) == state.step
+    assert min(vals) == pytest.approx(state.best_val)
