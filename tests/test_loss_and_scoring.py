@@ -89,3 +89,22 @@ def test_classifier_head_starts_as_restricted_label_scoring(lm):
     assert n == 3 and math.isfinite(loss_sum.item())
     trainable = [name for name, p in head.named_parameters() if p.requires_grad]
     assert trainable == ["classifier.weight", "classifier.bias"]
+
+
+def test_chunked_cross_entropy_equals_plain_in_value_and_gradients():
+    """Reference: F.cross_entropy over the full (N, V) logits, computed in one piece."""
+    from tunelab.training.loss import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(37, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    plain = F.cross_entropy(head(h), t, reduction="sum")
+    g_h, g_w = torch.autograd.grad(plain, [h, head.weight])
+    chunked = chunked_cross_entropy(head, h, t, chunk=8)  # 5 chunks, the last one partial
+    c_h, c_w = torch.autograd.grad(chunked, [h, head.weight])
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c_h, g_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_w, g_w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_cross_entropy(head, h, t, chunk=8), plain.detach())

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tunelab.data.batching import collate, eval_batches
 from tunelab.data.tokenize import IGNORE, Encoded
@@ -13,7 +14,9 @@ from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.optim import autocast
 
-__all__ = ["batch_loss", "mean_loss"]
+__all__ = ["batch_loss", "chunked_cross_entropy", "mean_loss"]
+
+CHUNK = 1024  # rows of logits materialised at once
 
 
 def batch_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -35,8 +38,36 @@ def batch_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     targets = batch["labels"][:, 1:]  # token t+1 is predicted at position t: (B, T-1)
     selected = targets != IGNORE
     h = hidden[:, :-1][selected]  # (N, H)
-    logits = model.lm_head(h).float()  # (N, V)
-    return F.cross_entropy(logits, targets[selected], reduction="sum"), int(selected.sum())
+    return chunked_cross_entropy(model.lm_head, h, targets[selected]), int(selected.sum())
+
+
+def chunked_cross_entropy(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK
+) -> torch.Tensor:
+    """Σ_i CE(head(h_i), t_i), computed ``chunk`` rows at a time.
+
+    h: (N, H), targets: (N,). Each chunk's (chunk, V) fp32 logits exist only inside that
+    chunk: under autograd the chunk is recomputed in backward (activation checkpointing)
+    instead of keeping the logits, so peak memory is chunk x V x 4 bytes whatever N is
+    (1,024 rows x 49,152 vocabulary = 192 MiB) instead of N x V x 4.
+    The value and its gradients equal the plain computation (tested).
+    """
+    if h.shape[0] <= chunk:
+        return _ce_sum(head, h, targets)
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk):
+        part_h, part_t = h[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            part = checkpoint(_ce_sum, head, part_h, part_t, use_reentrant=False)
+        else:
+            part = _ce_sum(head, part_h, part_t)
+        total = total + part
+    return total
+
+
+def _ce_sum(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(h).float()  # (n, V)
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 @torch.no_grad()
