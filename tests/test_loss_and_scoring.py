@@ -108,3 +108,21 @@ def test_chunked_cross_entropy_equals_plain_in_value_and_gradients():
     torch.testing.assert_close(c_w, g_w, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(chunked_cross_entropy(head, h, t, chunk=8), plain.detach())
+
+
+def test_shared_prefix_cache_gives_the_same_label_scores(lm):
+    """Templated prompts share a prefix that is encoded once; scores must not change."""
+    from tunelab.evaluation import scoring
+
+    prefix = list(range(3, 15))  # 12 shared tokens, above MIN_SHARED_PREFIX
+    items = [
+        Encoded(prefix + tail, len(prefix) + len(tail)) for tail in ([20, 21], [22], [23, 24, 25])
+    ]
+    assert scoring.shared_prefix_length(items) == 12
+    with_cache = label_logits(TaskModel(lm, "lm"), items, [[40], [41]], pad_id=0, batch_size=2,
+                              precision="fp32")  # fmt: skip
+    for row, e in enumerate(items):
+        logp = F.log_softmax(lm(input_ids=torch.tensor([e.input_ids])).logits[0, -1], dim=-1)
+        torch.testing.assert_close(with_cache[row], logp[[40, 41]], rtol=1e-4, atol=1e-5)
+    # a prompt that is all prefix keeps one token of its own
+    assert scoring.shared_prefix_length([Encoded(prefix, 12), Encoded([*prefix, 30], 13)]) == 11

@@ -44,3 +44,15 @@ def test_labels_outside_the_declared_list_are_an_error(tmp_path):
         prepare(DataSpec(source=str(data), labels=["neg"]))
     with pytest.raises(DataError, match="share a label word"):
         prepare(DataSpec(source=str(data), label_words={"pos": "x", "neg": "x"}))
+
+
+def test_round_trip_keeps_unicode_line_separators(tmp_path):
+    """Regression: U+2028 / U+0085 inside text broke reading prepared data back (splitlines)."""
+    data = tmp_path / "u.jsonl"
+    rows = [
+        f'{{"text": "odd\\u2028line {i}\\u0085end", "label": "{"ab"[i % 2]}"}}' for i in range(12)
+    ]
+    data.write_text("\n".join(rows) + "\n")
+    prep = prepare(DataSpec(source=str(data)))
+    write_prepared(prep, tmp_path / "data")
+    assert read_prepared(tmp_path / "data").splits == prep.splits

@@ -7,8 +7,8 @@ import sys
 import typer
 
 from tunelab import __version__
+from tunelab.cli import bench, datasets, evaluate, generate, models, prepare, run, train
 from tunelab.cli import config as config_cmd
-from tunelab.cli import datasets, evaluate, generate, models, prepare, run, train
 from tunelab.cli._common import err_console, quiet_libraries
 from tunelab.errors import TunelabError
 
@@ -47,6 +47,7 @@ app.command("generate")(generate.generate)
 app.command("models")(models.models)
 app.command("datasets")(datasets.datasets)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:

@@ -169,7 +169,8 @@ def read_prepared(folder: Path) -> Prepared:
         card = json.loads((folder / "data_card.json").read_text())
         splits = {}
         for name in SPLITS:
-            lines = (folder / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+            # split on "\n" only: str.splitlines also splits on U+2028 etc. inside JSON strings
+            lines = (folder / f"{name}.jsonl").read_text(encoding="utf-8").split("\n")
             splits[name] = [_example(json.loads(line)) for line in lines if line.strip()]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"prepared data in {folder} is unreadable: {exc}") from exc

@@ -8,6 +8,7 @@ is read directly. Either way the result is an (N, C) matrix of label log-scores.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,19 @@ from tunelab.data.tokenize import Encoded
 from tunelab.models.task_model import TaskModel
 from tunelab.training.optim import autocast
 
-__all__ = ["generate", "label_logits"]
+__all__ = ["generate", "label_logits", "shared_prefix_length"]
+
+MIN_SHARED_PREFIX = 8  # tokens; below this the cache copy costs more than it saves
+
+
+def shared_prefix_length(prompts: Sequence[Encoded]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own."""
+    first = prompts[0].input_ids
+    limit = min(e.prompt_len for e in prompts) - 1
+    n = 0
+    while n < limit and all(e.input_ids[n] == first[n] for e in prompts):
+        n += 1
+    return n
 
 
 @torch.no_grad()
@@ -44,13 +57,23 @@ def label_logits(
     if model.head == "classifier" or single:
         out = torch.empty(len(prompts), len(label_ids))
         first = torch.tensor([ids[0] for ids in label_ids], device=device)
-        for idx in eval_batches([e.length for e in prompts], batch_size):
-            batch = collate([prompts[i] for i in idx], pad_id)
+        # templated prompts share a prefix (system prompt, instruction): encode it once
+        shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        with autocast(precision, device):
+            cache = model.prefix_cache(prompts[0].input_ids[:shared]) if shared else None
+        suffixes = [Encoded(e.input_ids[shared:], e.prompt_len - shared) for e in prompts]
+        for idx in eval_batches([e.length for e in suffixes], batch_size):
+            batch = collate([suffixes[i] for i in idx], pad_id)
+            mask = batch["attention_mask"].to(device)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(idx))
+                mask = torch.cat([mask.new_ones(len(idx), shared), mask], dim=1)  # (B, P + T)
             with autocast(precision, device):
-                hidden = model.hidden(
-                    batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                )  # (B, T, H)
-                last = hidden[torch.arange(len(idx)), batch["prompt_len"].to(device) - 1]
+                hidden = model.hidden(batch["input_ids"].to(device), mask, past_key_values=past)
+                last = hidden[torch.arange(len(idx)), batch["prompt_len"].to(device) - 1]  # (B, H)
                 if model.classifier is not None:
                     scores = F.log_softmax(model.classifier(last).float(), dim=-1)  # (B, C)
                 else:

@@ -45,16 +45,30 @@ class TaskModel(nn.Module):
         return base.get_output_embeddings()
 
     def hidden(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
     ) -> torch.Tensor:
-        """Final hidden states, (B, T, H). Never computes vocabulary logits."""
+        """Final hidden states, (B, T, H). Never computes vocabulary logits.
+
+        ``past_key_values``: a KV cache of tokens that precede ``input_ids`` (then
+        ``attention_mask`` covers cached + new tokens, (B, P + T)).
+        """
         out = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            use_cache=False,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
         )
         return out.last_hidden_state
+
+    def prefix_cache(self, prefix: list[int]) -> Any:
+        """KV cache of one token sequence, (1, P), for prompts that all start with it."""
+        ids = torch.tensor([prefix], device=next(self.parameters()).device)
+        return self.decoder(input_ids=ids, use_cache=True).past_key_values
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only the parameters that training changes (adapters, head, or everything)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: measured speed and memory, written to JSON (never asserted in tests)."""
