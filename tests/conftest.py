@@ -18,6 +18,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# converted models and tokenised splits go to the repo's cache unless the caller chose one
+os.environ.setdefault("TUNELAB_CACHE", str(Path(__file__).resolve().parents[1] / ".cache"))
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "

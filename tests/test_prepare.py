@@ -56,3 +56,28 @@ def test_round_trip_keeps_unicode_line_separators(tmp_path):
     prep = prepare(DataSpec(source=str(data)))
     write_prepared(prep, tmp_path / "data")
     assert read_prepared(tmp_path / "data").splits == prep.splits
+
+
+def test_token_cache_skips_tokenisation_the_second_time(tmp_path, tiny_model_dir):
+    from tunelab.data.token_cache import cached_encode
+    from tunelab.data.tokenize import PromptFormatter, encode
+    from tunelab.models.loading import tokenizer_from
+
+    data = write_sentiment_jsonl(tmp_path / "s.jsonl", n=30)
+    prep = prepare(DataSpec(source=str(data)))
+    tok = tokenizer_from(tiny_model_dir)
+    fmt = PromptFormatter(tok)
+    calls = {"n": 0}
+
+    def encode_one(ex):
+        calls["n"] += 1
+        return encode(tok, fmt, ex, max_length=64, labels=prep.labels)
+
+    first, hit1 = cached_encode(prep.splits, encode_one, key_parts=["a"], folder=tmp_path / "c")
+    n_first = calls["n"]
+    second, hit2 = cached_encode(prep.splits, encode_one, key_parts=["a"], folder=tmp_path / "c")
+    assert (hit1, hit2) == (False, True)
+    assert n_first == 30 and calls["n"] == 30  # the second call encoded nothing
+    assert second == first
+    _, hit3 = cached_encode(prep.splits, encode_one, key_parts=["b"], folder=tmp_path / "c")
+    assert not hit3  # another key (e.g. another tokenizer or max_length) re-encodes

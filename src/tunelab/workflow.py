@@ -20,6 +20,7 @@ import torch
 from tunelab import __version__
 from tunelab.config import Config, dump_config
 from tunelab.data.prepare import DataSpec, Prepared, prepare, read_prepared, write_prepared
+from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
 from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate
 from tunelab.models.loading import describe_base, load_base, load_tokenizer
@@ -142,13 +143,15 @@ def prepare_stage(cfg: Config, run_dir: Path, *, reuse: bool) -> Prepared:
 
 def encode_splits(cfg: Config, prep: Prepared, tokenizer: Any) -> TaskData:
     formatter = PromptFormatter(tokenizer, cfg.model.use_chat_template)
-    encoded = {
-        name: [
-            encode(tokenizer, formatter, ex, max_length=cfg.model.max_length, labels=prep.labels)
-            for ex in examples
-        ]
-        for name, examples in prep.splits.items()
-    }
+    key = [prep.hash, tokenizer_fingerprint(tokenizer), str(formatter.chat),
+           str(cfg.model.max_length), ",".join(prep.labels or [])]  # fmt: skip
+    encoded, _cached = cached_encode(
+        prep.splits,
+        lambda ex: encode(
+            tokenizer, formatter, ex, max_length=cfg.model.max_length, labels=prep.labels
+        ),
+        key_parts=key,
+    )
     label_ids = label_token_ids(tokenizer, prep.words) if prep.words else None
     if cfg.method.head == "classifier":  # the head reads the prompt; response tokens unused
         encoded = {
