@@ -126,3 +126,25 @@ def test_shared_prefix_cache_gives_the_same_label_scores(lm):
         torch.testing.assert_close(with_cache[row], logp[[40, 41]], rtol=1e-4, atol=1e-5)
     # a prompt that is all prefix keeps one token of its own
     assert scoring.shared_prefix_length([Encoded(prefix, 12), Encoded([*prefix, 30], 13)]) == 11
+
+
+def test_packed_rows_give_the_unpacked_loss(lm):
+    """Packed examples must not attend to each other: the summed loss and the number of
+    target tokens equal those of the same examples one per row."""
+    from tunelab.data.batching import collate_packed, pack
+
+    items = [*_items(), Encoded([3, 18, 19, 26, 27, 28], prompt_len=3)]
+    rows = pack([e.length for e in items], max_tokens=14)
+    assert sorted(i for r in rows for i in r) == list(range(len(items)))
+    assert len(rows) < len(items)  # something was actually packed
+    packed = collate_packed([[items[i] for i in r] for r in rows], pad_id=0)
+    model = TaskModel(lm, "lm")
+    packed_sum, packed_n = batch_loss(model, packed)
+    plain = [batch_loss(model, collate([e], 0)) for e in items]
+    assert packed_n == sum(n for _, n in plain)
+    torch.testing.assert_close(packed_sum, sum(s for s, _ in plain), rtol=1e-5, atol=1e-5)
+    # without the position restarts the examples would see each other: the loss changes
+    leaky = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).expand_as(
+        packed["input_ids"])}  # fmt: skip
+    leaky_sum, _ = batch_loss(model, leaky)
+    assert not torch.allclose(leaky_sum, packed_sum, rtol=1e-4)

@@ -60,3 +60,49 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         "prompt_len": torch.tensor([e.prompt_len for e in items]),
         "class_index": torch.tensor([e.class_index for e in items]),
     }
+
+
+def pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group example indices into rows of at most ``max_tokens`` tokens (first-fit decreasing).
+
+    Deterministic; an example longer than ``max_tokens`` gets a row of its own.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max_tokens - lengths[i])
+    return rows
+
+
+def collate_packed(rows: Sequence[Sequence[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Several examples per row, attending only to themselves.
+
+    input_ids, labels, position_ids: (B, L). Position ids restart at 0 for every example;
+    with no attention mask, transformers (>= 5) reads the restarts as packed sequences and
+    builds a block-diagonal causal mask, so packed examples never see each other. The first
+    token of every example is never a target (it would be predicted from the previous
+    example). Padding at the end of a row forms its own block and carries no labels.
+    """
+    width = max(sum(e.length for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for e in row:
+            end = start + e.length
+            ids[r, start:end] = torch.tensor(e.input_ids)
+            target = torch.tensor(e.labels)
+            target[0] = IGNORE
+            labels[r, start:end] = target
+            positions[r, start:end] = torch.arange(e.length)
+            start = end
+        positions[r, start:] = torch.arange(width - start)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}

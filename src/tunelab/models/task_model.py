@@ -47,7 +47,7 @@ class TaskModel(nn.Module):
     def hidden(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None = None,
         past_key_values: Any = None,
     ) -> torch.Tensor:

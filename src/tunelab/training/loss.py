@@ -27,7 +27,10 @@ def batch_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     Classifier head: CE of the label from the last prompt token's hidden state.
     The caller divides by the total term count of the optimizer step.
     """
-    hidden = model.hidden(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
+    if "position_ids" in batch:  # packed rows: block-diagonal attention from position restarts
+        hidden = model.hidden(batch["input_ids"], None, position_ids=batch["position_ids"])
+    else:
+        hidden = model.hidden(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
     if model.head == "classifier":
         assert model.classifier is not None
         rows = torch.arange(hidden.shape[0])
