@@ -21,7 +21,7 @@ from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.checkpoint import TrainState, load_checkpoint, read_pointer, save_checkpoint
-from tunelab.training.loss import batch_loss, mean_loss
+from tunelab.training.loss import batch_loss, loss_terms, mean_loss
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
 
@@ -91,7 +91,7 @@ def fit(
             # ---- one optimizer step over grad_accum micro-batches -------------------
             micro = order[state.batch_in_epoch : state.batch_in_epoch + s.grad_accum]
             batches = [collate([train[i] for i in idx], s.pad_id) for idx in micro]
-            terms = sum(_term_count(b, model.head) for b in batches)
+            terms = sum(loss_terms(b, model.head) for b in batches)
             step_loss = 0.0
             for batch in batches:
                 with autocast(s.precision, device):
@@ -174,12 +174,6 @@ def _restore(model: TaskModel, optimizer, scheduler, checkpoints: Path) -> Train
             hint="start a new run (another `name`) or raise train.epochs / max_steps",
         )
     return state
-
-
-def _term_count(batch: dict[str, torch.Tensor], head: str) -> int:
-    if head == "classifier":
-        return int(batch["class_index"].numel())
-    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:

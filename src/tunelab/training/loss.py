@@ -14,7 +14,7 @@ from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.optim import autocast
 
-__all__ = ["batch_loss", "chunked_cross_entropy", "mean_loss"]
+__all__ = ["batch_loss", "chunked_cross_entropy", "loss_terms", "mean_loss"]
 
 CHUNK = 1024  # rows of logits materialised at once
 
@@ -38,10 +38,22 @@ def batch_loss(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
         logits = model.classifier(last).float()  # (B, C)
         target = batch["class_index"]
         return F.cross_entropy(logits, target, reduction="sum"), int(target.numel())
-    targets = batch["labels"][:, 1:]  # token t+1 is predicted at position t: (B, T-1)
-    selected = targets != IGNORE
+    targets, selected = _targets(batch)
     h = hidden[:, :-1][selected]  # (N, H)
     return chunked_cross_entropy(model.lm_head, h, targets[selected]), int(selected.sum())
+
+
+def loss_terms(batch: dict[str, torch.Tensor], head: str) -> int:
+    """How many terms :func:`batch_loss` sums for ``batch`` (known before any forward)."""
+    if head == "classifier":
+        return int(batch["class_index"].numel())
+    return int(_targets(batch)[1].sum())
+
+
+def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token targets, (B, T-1): token t+1 is predicted at position t; and their mask."""
+    targets = batch["labels"][:, 1:]
+    return targets, targets != IGNORE
 
 
 def chunked_cross_entropy(
