@@ -154,10 +154,7 @@ def encode_splits(cfg: Config, prep: Prepared, tokenizer: Any) -> TaskData:
     )
     label_ids = label_token_ids(tokenizer, prep.words) if prep.words else None
     if cfg.method.head == "classifier":  # the head reads the prompt; response tokens unused
-        encoded = {
-            k: [Encoded(e.input_ids[: e.prompt_len], e.prompt_len, e.class_index) for e in v]
-            for k, v in encoded.items()
-        }
+        encoded = {k: [e.prompt_only() for e in v] for k, v in encoded.items()}
     return TaskData(prep, encoded, label_ids)
 
 

@@ -67,8 +67,7 @@ def main() -> None:
 def _print_error(exc: TunelabError) -> None:
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
-    if not _state["debug"]:
-        err_console.print("[dim](run with --debug for the traceback)[/]")
+    err_console.print("[dim](run with --debug for the traceback)[/]")
 
 
 if __name__ == "__main__":

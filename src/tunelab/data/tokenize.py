@@ -30,6 +30,10 @@ class Encoded:
     def length(self) -> int:
         return len(self.input_ids)
 
+    def prompt_only(self) -> Encoded:
+        """The same example without its response (what scoring and a classifier head read)."""
+        return Encoded(self.input_ids[: self.prompt_len], self.prompt_len, self.class_index)
+
     @property
     def labels(self) -> list[int]:
         return [IGNORE] * self.prompt_len + self.input_ids[self.prompt_len :]

@@ -52,7 +52,7 @@ def label_logits(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    prompts = [Encoded(e.input_ids[: e.prompt_len], e.prompt_len, e.class_index) for e in items]
+    prompts = [e.prompt_only() for e in items]
     single = all(len(ids) == 1 for ids in label_ids)
     if model.head == "classifier" or single:
         out = torch.empty(len(prompts), len(label_ids))
