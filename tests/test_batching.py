@@ -59,3 +59,21 @@ def test_encode_keeps_response_and_cuts_prompt_from_the_left(tiny_model_dir):
     # the response ends with EOS so the model learns to stop
     assert full.input_ids[-1] == tok.eos_token_id
     assert tok.decode(full.input_ids[full.prompt_len : -1]).strip() == "negative"
+
+
+def test_micro_batches_respect_the_token_cap_and_keep_every_example():
+    from tunelab.data.batching import micro_batches
+
+    items = [Encoded(list(range(1, n + 1)), prompt_len=1) for n in (30, 5, 7, 12, 3, 28, 9)]
+    for packing in (False, True):
+        pieces = micro_batches(items, 0, max_tokens=40, packing=packing, row_tokens=32)
+        assert len(pieces) > 1
+        for p in pieces:  # a piece is within the cap unless it is a single row
+            assert p["input_ids"].numel() <= 40 or p["input_ids"].shape[0] == 1
+        real = sum(int((p["labels"] != -100).sum()) for p in pieces)
+        # every response token is a target exactly once (packing ignores first tokens,
+        # which are prompt tokens here anyway)
+        assert real == sum(e.length - e.prompt_len for e in items)
+    packed = micro_batches(items, 0, max_tokens=None, packing=True, row_tokens=32)
+    assert len(packed) == 1 and packed[0]["input_ids"].shape[1] <= 32
+    assert packed[0]["input_ids"].shape[0] < len(items)  # rows are shared

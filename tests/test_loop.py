@@ -68,3 +68,64 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir):
     vals = [m["val_loss"] for m in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in m]
     assert len(vals) == state.step
     assert min(vals) == pytest.approx(state.best_val)
+
+
+def test_packing_and_token_caps_change_memory_not_the_update(tmp_path, tiny_model_dir):
+    """The same optimizer step whether a batch runs whole, split by a token cap, or packed."""
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    whole = _train(tmp_path, lm, "whole", max_batch_tokens=None)
+    capped = _train(tmp_path, lm, "capped", max_batch_tokens=16)  # 4 rows -> several pieces
+    packed = _train(tmp_path, lm, "packed", packing=True, row_tokens=16, max_batch_tokens=16)
+    for name in whole:
+        torch.testing.assert_close(whole[name], capped[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(whole[name], packed[name], rtol=1e-4, atol=1e-6)
+
+
+def test_mask_dropout_has_nn_dropout_statistics_and_replaces_it(tiny_model_dir):
+    from tunelab.models.task_model import MaskDropout
+
+    drop = MaskDropout(0.25).train()
+    x = torch.ones(200_000)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert kept == pytest.approx(0.75, abs=0.01)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.02)  # inverted scaling keeps the mean
+    torch.testing.assert_close(torch.unique(y), torch.tensor([0.0, 1 / 0.75]))
+    assert torch.equal(drop.eval()(x), x)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = build_task_model(lm, kind="lora", head="lm", lora_dropout=0.1)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "MaskDropout" in kinds
+    assert not any(
+        isinstance(m, torch.nn.Dropout) for n, m in model.named_modules() if "lora_dropout" in n
+    )
+
+
+def test_every_loss_term_weighs_the_same_whatever_the_batch_it_lands_in(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A step's summed loss is divided by the epoch's mean terms per step (not its own)."""
+    from tunelab.data.batching import collate, train_batches
+    from tunelab.training import loop
+    from tunelab.training.loss import batch_loss
+
+    monkeypatch.setattr(
+        loop, "build_optimizer", lambda m, lr, weight_decay: torch.optim.SGD(
+            [p for p in m.parameters() if p.requires_grad], lr=1.0)
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    items = _items()  # 3, 7, 2 and 10 response targets: 22 terms, 2 steps of 2 -> 11 per step
+    model = build_task_model(copy.deepcopy(lm), kind="full", head="lm")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first = train_batches([e.length for e in items], 2, seed=0, epoch=0)[0]
+    loss_sum, n = batch_loss(model, collate([items[i] for i in first], 0))
+    grads = torch.autograd.grad(loss_sum, list(model.parameters()), allow_unused=True)
+    fit(model, items, items[:1], LoopSettings(**{**BASE, "batch_size": 2}),
+        checkpoints=tmp_path / "c", config_yaml="",
+        log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
+    assert n != 11  # the first step's own count differs from the mean
+    for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+        if g is not None:
+            torch.testing.assert_close(before[name] - p.detach(), g / 11, rtol=1e-4, atol=1e-7)

@@ -108,6 +108,10 @@ def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
         seed=t.seed,
         keep_checkpoints=t.keep_checkpoints,
         pad_id=pad_id,
+        max_batch_tokens=t.max_batch_tokens,
+        packing=t.packing,
+        row_tokens=cfg.model.max_length,
+        length_grouping=t.length_grouping,
     )
 
 

@@ -173,6 +173,30 @@ class TrainConfig(_Section):
     )
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_batch_tokens: int | None = Field(
+        512,
+        ge=16,
+        description="Memory cap: a micro-batch whose padded size (rows x longest row) is "
+        "above this many tokens runs as several smaller pieces before the same optimizer "
+        "step. The loss and gradients are unchanged; peak memory follows this number. On a "
+        "CPU 512 measured fastest too (docs/performance.md); raise it on a GPU. null: never "
+        "split.",
+    )
+    length_grouping: int = Field(
+        4,
+        ge=1,
+        description="Rows are shuffled, cut into pools of this many batches, and each pool "
+        "is sorted by length before it is cut into batches, so rows of similar length share "
+        "a batch and little compute goes to padding. 1: plain random batches. Larger pools "
+        "pad less but make each batch more alike (docs/performance.md measures the trade).",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack the examples of a micro-batch into shared rows of up to "
+        "`model.max_length` tokens, so no compute goes to padding. Packed examples never "
+        "attend to each other (position ids restart per example; block-diagonal causal "
+        "attention); the loss is the unpacked one. LM head only.",
+    )
     lr: float = Field(2.0e-4, gt=0, lt=1.0, description="Peak learning rate (AdamW).")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate decay after warmup."
@@ -267,6 +291,15 @@ class Config(_Section):
         if str(value).strip() == "":
             raise ValueError("must be a folder path")
         return value
+
+    @model_validator(mode="after")
+    def _packing_needs_lm_head(self) -> Config:
+        if self.train.packing and self.method.head == "classifier":
+            raise ValueError(
+                "train.packing packs responses for the LM head; with `method.head: "
+                "classifier` set `train.packing: false`"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -15,11 +15,11 @@ import torch
 
 from tunelab.data.tokenize import IGNORE, Encoded
 
-__all__ = ["collate", "eval_batches", "train_batches"]
+__all__ = ["collate", "collate_packed", "eval_batches", "micro_batches", "pack", "train_batches"]
 
 
 def train_batches(
-    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, pool: int = 32
+    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, pool: int = 4
 ) -> list[list[int]]:
     """Length-grouped, shuffled batches of indices for one epoch."""
     rng = np.random.default_rng([seed, epoch])
@@ -106,3 +106,43 @@ def collate_packed(rows: Sequence[Sequence[Encoded]], pad_id: int) -> dict[str, 
             start = end
         positions[r, start:] = torch.arange(width - start)
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+def micro_batches(
+    items: Sequence[Encoded],
+    pad_id: int,
+    *,
+    max_tokens: int | None,
+    packing: bool = False,
+    row_tokens: int | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """One batch of examples as tensors small enough to run, computing the same loss.
+
+    With ``packing``, examples share rows of at most ``row_tokens`` tokens (no padding
+    except at the end of a row; see :func:`collate_packed`). Rows are then grouped, longest
+    first, into pieces whose padded size (rows x width) stays within ``max_tokens``; a row
+    wider than that is a piece of its own. Summing the loss of the pieces gives the loss of
+    the whole batch, so splitting changes memory, never the result.
+    """
+    if packing:
+        width_cap = max(row_tokens or 0, max(e.length for e in items))
+        rows = [[items[i] for i in r] for r in pack([e.length for e in items], width_cap)]
+    else:
+        rows = [[e] for e in items]
+    rows.sort(key=lambda r: -_width(r))
+    pieces: list[list[list[Encoded]]] = []
+    for row in rows:  # widest first, so a piece's first row sets its width
+        fits = pieces and (
+            max_tokens is None or (len(pieces[-1]) + 1) * _width(pieces[-1][0]) <= max_tokens
+        )
+        if fits:
+            pieces[-1].append(row)
+        else:
+            pieces.append([row])
+    if packing:
+        return [collate_packed(p, pad_id) for p in pieces]
+    return [collate([r[0] for r in p], pad_id) for p in pieces]
+
+
+def _width(row: Sequence[Encoded]) -> int:
+    return sum(e.length for e in row)

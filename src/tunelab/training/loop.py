@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunelab.data.batching import collate, train_batches
+from tunelab.data.batching import micro_batches, train_batches
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
@@ -47,6 +47,10 @@ class LoopSettings:
     seed: int
     keep_checkpoints: int
     pad_id: int
+    max_batch_tokens: int | None = None  # split a micro-batch above this padded size
+    packing: bool = False  # examples of a micro-batch share rows (no padding)
+    row_tokens: int | None = None  # packed row length (the data's max_length)
+    length_grouping: int = 4  # batches per length-sorted pool; 1 = random batches
 
 
 def plan_steps(n_train: int, s: LoopSettings) -> int:
@@ -78,6 +82,9 @@ def fit(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = [e.length for e in train]
+    # loss terms per example: response tokens (the first token is never a target), or 1 label
+    terms_of = [1 if model.head == "classifier" else e.length - max(e.prompt_len, 1)
+                for e in train]  # fmt: skip
     state = TrainState()
     if resume:
         state = _restore(model, optimizer, scheduler, checkpoints)
@@ -86,19 +93,33 @@ def fit(
     model.train()
 
     while state.step < total and state.stopped is None:
-        order = train_batches(lengths, s.batch_size, seed=s.seed, epoch=state.epoch)
+        order = train_batches(
+            lengths, s.batch_size, seed=s.seed, epoch=state.epoch, pool=s.length_grouping
+        )
+        # Every loss term weighs the same over the epoch: a step's summed loss is divided by
+        # the epoch's mean terms per step, not by its own count. Length-grouped batches make
+        # that count vary (short rows, few response tokens); dividing by it would give the
+        # tokens of short-row steps more weight than random batches give them.
+        per_step = sum(terms_of) / math.ceil(len(order) / s.grad_accum)
         while state.batch_in_epoch < len(order) and state.step < total:
             # ---- one optimizer step over grad_accum micro-batches -------------------
             micro = order[state.batch_in_epoch : state.batch_in_epoch + s.grad_accum]
-            batches = [collate([train[i] for i in idx], s.pad_id) for idx in micro]
+            batches = [
+                piece
+                for idx in micro
+                for piece in micro_batches(
+                    [train[i] for i in idx], s.pad_id, max_tokens=s.max_batch_tokens,
+                    packing=s.packing, row_tokens=s.row_tokens,
+                )
+            ]  # fmt: skip
             terms = sum(loss_terms(b, model.head) for b in batches)
             step_loss = 0.0
             for batch in batches:
                 with autocast(s.precision, device):
                     loss_sum, _ = batch_loss(model, _to(batch, device))
-                (loss_sum / terms).backward()
+                (loss_sum / per_step).backward()
                 step_loss += loss_sum.item()
-                state.tokens += int(batch["attention_mask"].sum())
+            state.tokens += sum(lengths[i] for idx in micro for i in idx)
             step_loss /= terms
             if not math.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
@@ -131,7 +152,9 @@ def fit(
 
             # ---- validation, early stopping, checkpoint ---------------------------------
             if state.step % s.eval_every == 0 or state.step == total:
-                val_loss = mean_loss(model, val, s.pad_id, s.batch_size, s.precision)
+                val_loss = mean_loss(
+                    model, val, s.pad_id, s.batch_size, s.precision, max_tokens=s.max_batch_tokens
+                )
                 model.train()
                 improved = state.best_val is None or val_loss < state.best_val - s.min_delta
                 if improved:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunelab.data.batching import collate, eval_batches
+from tunelab.data.batching import eval_batches, micro_batches
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
@@ -92,6 +92,8 @@ def mean_loss(
     pad_id: int,
     batch_size: int,
     precision: str,
+    *,
+    max_tokens: int | None = None,
 ) -> float:
     """Mean loss per term over ``items`` (validation loss; exp() of it is perplexity)."""
     if not items:
@@ -101,9 +103,9 @@ def mean_loss(
     model.eval()
     total, terms = 0.0, 0
     for idx in eval_batches([e.length for e in items], batch_size):
-        batch = collate([items[i] for i in idx], pad_id)
-        with autocast(precision, device):
-            loss_sum, n = batch_loss(model, {k: v.to(device) for k, v in batch.items()})
-        total, terms = total + loss_sum.item(), terms + n
+        for batch in micro_batches([items[i] for i in idx], pad_id, max_tokens=max_tokens):
+            with autocast(precision, device):
+                loss_sum, n = batch_loss(model, {k: v.to(device) for k, v in batch.items()})
+            total, terms = total + loss_sum.item(), terms + n
     model.train(was_training)
     return total / max(terms, 1)
