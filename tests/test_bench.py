@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config
 from tunelab.bench.eval_speed import match_label
 from tunelab.cli.main import app
+from tunelab.errors import ConfigError
 
 runner = CliRunner()
 
@@ -92,3 +93,13 @@ def test_bench_train_runs_tunelab_and_the_trainer_peer_on_the_same_rows(tmp_path
     saved = json.loads((tmp_path / "bench" / "bench_train_lora.json").read_text())
     assert saved["versus_best_peer"] == vs
     assert saved["matmul_peak_gflops"]["fp32"] > 0
+
+
+def test_bench_train_cli_rejects_unknown_method_and_peer(tmp_path):
+    bad_method = runner.invoke(app, ["bench", "train", "--method", "qlora", "--out", str(tmp_path)])
+    assert isinstance(bad_method.exception, ConfigError)
+    assert bad_method.exception.hint == "use lora or full"
+    bad_peer = runner.invoke(app, ["bench", "train", "--peers", "trl", "--out", str(tmp_path)])
+    assert isinstance(bad_peer.exception, ConfigError)
+    assert "unknown peer(s): trl" in str(bad_peer.exception)
+    assert not list(tmp_path.iterdir())  # nothing was started
