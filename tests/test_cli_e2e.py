@@ -143,3 +143,28 @@ def test_data_error_names_file_line_and_field(tmp_path, tiny_model_dir):
     message = str(result.exception)
     assert "d.jsonl:2" in message and "label" in message
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("verb", ["run", "train"])
+def test_ctrl_c_says_what_is_safe_and_how_to_resume(tmp_path, monkeypatch, verb,
+                                                   tiny_model_dir, sentiment_file):  # fmt: skip
+    import tunelab.cli.run
+    import tunelab.cli.train
+    from tunelab.errors import TrainingError
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(getattr(tunelab.cli, verb), "run_pipeline", interrupted)
+    cfg = tiny_config(tiny_model_dir, sentiment_file, tmp_path / "runs")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, [verb, str(path)])
+    assert isinstance(result.exception, TrainingError)
+    assert "no checkpoint was saved yet" in str(result.exception)
+    assert result.exception.hint == f"continue with `tunelab {verb} {path} --resume`"
+    checkpoints = tmp_path / "runs" / cfg["name"] / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "latest.json").write_text(json.dumps({"last": "step-000040", "best": None}))
+    again = runner.invoke(app, [verb, str(path)])
+    assert "the last checkpoint (step-000040) is intact" in str(again.exception)

@@ -129,3 +129,15 @@ def test_every_loss_term_weighs_the_same_whatever_the_batch_it_lands_in(
     for (name, p), g in zip(model.named_parameters(), grads, strict=True):
         if g is not None:
             torch.testing.assert_close(before[name] - p.detach(), g / 11, rtol=1e-4, atol=1e-7)
+
+
+def test_lora_layers_outside_the_model_is_a_config_error(tiny_model_dir):
+    from tunelab.errors import ConfigError
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)  # 2 layers
+    for layers in (3, 0, [2], []):
+        with pytest.raises(ConfigError, match=r"method\.lora\.layers") as err:
+            build_task_model(copy.deepcopy(lm), kind="lora", head="lm", lora_layers=layers)
+        assert err.value.hint == "use an int 1..2 (top layers) or indices 0..1"
+    model = build_task_model(lm, kind="lora", head="lm", lora_layers=2)  # all layers: fine
+    assert any("lora_A" in n for n, _ in model.named_parameters())

@@ -12,8 +12,18 @@ import typer
 from rich.console import Console
 
 from tunelab.config import Config, load_config
+from tunelab.errors import TrainingError
+from tunelab.training.checkpoint import read_pointer
 
-__all__ = ["ConfigArg", "SetOpt", "console", "err_console", "get_config", "quiet_libraries"]
+__all__ = [
+    "ConfigArg",
+    "SetOpt",
+    "console",
+    "err_console",
+    "get_config",
+    "interrupted",
+    "quiet_libraries",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,3 +64,14 @@ def quiet_libraries(debug: bool) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
+
+
+def interrupted(cfg: Config, verb: str, config: Path | None) -> TrainingError:
+    """The error a Ctrl-C during training becomes: what is safe and how to go on."""
+    folder = cfg.run_dir / "checkpoints"
+    last = read_pointer(folder).get("last") if folder.is_dir() else None
+    saved = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was saved yet"
+    return TrainingError(
+        f"interrupted; {saved} in {folder}",
+        hint=f"continue with `tunelab {verb} {config or ''} --resume`".replace("  ", " "),
+    )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
+from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
 from tunelab.workflow import run_pipeline
 
@@ -20,10 +20,13 @@ def run(
     """Prepare data, evaluate the base model, fine-tune, evaluate the best checkpoint."""
     cfg = get_config(config, set_)
     console.print(f"[bold]tunelab run[/] → {cfg.run_dir}")
-    with training_progress() as progress:
-        results = run_pipeline(
-            cfg, resume=resume, progress=progress, events=lambda m: console.print(f"• {m}")
-        )
+    try:
+        with training_progress() as progress:
+            results = run_pipeline(
+                cfg, resume=resume, progress=progress, events=lambda m: console.print(f"• {m}")
+            )
+    except KeyboardInterrupt:
+        raise interrupted(cfg, "run", config) from None
     print_summary(results)
     console.print(f"run folder: [bold]{cfg.run_dir}[/]  (results.json, model/, metrics.jsonl)")
 

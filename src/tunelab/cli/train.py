@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
+from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
 from tunelab.workflow import Stages, run_pipeline
 
@@ -20,14 +20,17 @@ def train(
 ) -> None:
     """Fine-tune only (no evaluation); the best checkpoint is exported to <run>/model."""
     cfg = get_config(config, set_)
-    with training_progress() as progress:
-        results = run_pipeline(
-            cfg,
-            stages=Stages(base_eval=False, train=True, tuned_eval=False),
-            resume=resume,
-            progress=progress,
-            events=lambda m: console.print(f"• {m}"),
-        )
+    try:
+        with training_progress() as progress:
+            results = run_pipeline(
+                cfg,
+                stages=Stages(base_eval=False, train=True, tuned_eval=False),
+                resume=resume,
+                progress=progress,
+                events=lambda m: console.print(f"• {m}"),
+            )
+    except KeyboardInterrupt:
+        raise interrupted(cfg, "train", config) from None
     t = results["training"]
     console.print(
         f"done: {t['steps']} steps ({t['stopped']}), best val loss {t['best_val_loss']:.4f} "

@@ -188,7 +188,10 @@ def _layer_indices(lm: Any, layers: int | list[int] | None) -> list[int] | None:
     if layers is None:
         return None
     total = int(lm.config.num_hidden_layers)
-    chosen = list(range(max(total - layers, 0), total)) if isinstance(layers, int) else layers
+    if isinstance(layers, int):
+        chosen = list(range(total - layers, total)) if 1 <= layers <= total else []
+    else:
+        chosen = layers
     bad = [i for i in chosen if not 0 <= i < total]
     if bad or not chosen:
         raise ConfigError(
