@@ -137,3 +137,21 @@ def test_unwritable_checkpoint_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="cannot write checkpoint"):
         save_checkpoint(root, state=TrainState(step=1), trainable={"w": torch.ones(2)},
                         optimizer={}, config_yaml="", is_best=True, keep=1)  # fmt: skip
+
+
+def test_loading_best_weights_leaves_the_rng_alone(tmp_path):
+    from tunelab.training.checkpoint import load_weights
+
+    root = tmp_path / "ckpt"
+    torch.manual_seed(1)
+    save_checkpoint(root, state=TrainState(step=1), trainable={"w": torch.arange(3.0)},
+                    optimizer={}, config_yaml="", is_best=True, keep=1)  # fmt: skip
+    torch.manual_seed(2)
+    expected = torch.rand(4)
+    torch.manual_seed(2)
+    assert torch.equal(load_weights(root / "step-000001")["w"], torch.arange(3.0))
+    assert torch.equal(torch.rand(4), expected)  # the seed-2 stream goes on untouched
+    load_checkpoint(root / "step-000001")  # resuming does restore the saved RNG (seed 1)
+    assert not torch.equal(torch.rand(4), expected)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_weights(tmp_path / "nowhere")

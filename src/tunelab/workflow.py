@@ -27,7 +27,7 @@ from tunelab.models.loading import describe_base, load_base, load_tokenizer
 from tunelab.models.saved import load_trained, save_trained
 from tunelab.models.task_model import TaskModel, build_task_model
 from tunelab.results import peak_rss_mb, write_json
-from tunelab.training.checkpoint import load_checkpoint, read_pointer
+from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.loop import LoopSettings, fit
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import resolve_precision
@@ -303,7 +303,7 @@ def run_pipeline(
         log.close()
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
-            _, trainable, _ = load_checkpoint(run_dir / "checkpoints" / best)
+            trainable = load_weights(run_dir / "checkpoints" / best)
             model.load_trainable_state(trainable)
         results["training"] = {
             "steps": state.step,

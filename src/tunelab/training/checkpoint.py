@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.errors import CheckpointError
 
-__all__ = ["TrainState", "load_checkpoint", "read_pointer", "save_checkpoint"]
+__all__ = ["TrainState", "load_checkpoint", "load_weights", "read_pointer", "save_checkpoint"]
 
 POINTER = "latest.json"
 
@@ -118,6 +118,14 @@ def load_checkpoint(folder: Path) -> tuple[TrainState, dict[str, torch.Tensor], 
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     return state, trainable, optimizer
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Only the trainable tensors of a step folder (no optimizer state, RNGs untouched)."""
+    path = folder / "trainable.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {folder} is incomplete: missing {path.name}")
+    return load_file(path)
 
 
 def _prune(root: Path, pointer: dict[str, str | None], keep: int) -> None:
