@@ -148,3 +148,12 @@ def test_packed_rows_give_the_unpacked_loss(lm):
         packed["input_ids"])}  # fmt: skip
     leaky_sum, _ = batch_loss(model, leaky)
     assert not torch.allclose(leaky_sum, packed_sum, rtol=1e-4)
+
+
+def test_example_terms_count_what_the_loss_sums():
+    from tunelab.training.loss import example_terms, loss_terms
+
+    items = [*_items(), Encoded([5, 6, 7], prompt_len=0)]  # no prompt: token 0 is no target
+    for head in ("lm", "classifier"):
+        for e in items:
+            assert example_terms(e, head) == loss_terms(collate([e], 0), head)

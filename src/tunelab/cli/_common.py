@@ -71,7 +71,5 @@ def interrupted(cfg: Config, verb: str, config: Path | None) -> TrainingError:
     folder = cfg.run_dir / "checkpoints"
     last = read_pointer(folder).get("last") if folder.is_dir() else None
     saved = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was saved yet"
-    return TrainingError(
-        f"interrupted; {saved} in {folder}",
-        hint=f"continue with `tunelab {verb} {config or ''} --resume`".replace("  ", " "),
-    )
+    command = " ".join(["tunelab", verb, *([str(config)] if config else []), "--resume"])
+    return TrainingError(f"interrupted; {saved} in {folder}", hint=f"continue with `{command}`")

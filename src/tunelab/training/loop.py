@@ -21,7 +21,7 @@ from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.checkpoint import TrainState, load_checkpoint, read_pointer, save_checkpoint
-from tunelab.training.loss import batch_loss, loss_terms, mean_loss
+from tunelab.training.loss import batch_loss, example_terms, loss_terms, mean_loss
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
 
@@ -82,9 +82,7 @@ def fit(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = [e.length for e in train]
-    # loss terms per example: response tokens (the first token is never a target), or 1 label
-    terms_of = [1 if model.head == "classifier" else e.length - max(e.prompt_len, 1)
-                for e in train]  # fmt: skip
+    terms_of = [example_terms(e, model.head) for e in train]
     state = TrainState()
     if resume:
         state = _restore(model, optimizer, scheduler, checkpoints)

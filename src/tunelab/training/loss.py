@@ -14,7 +14,7 @@ from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.optim import autocast
 
-__all__ = ["batch_loss", "chunked_cross_entropy", "loss_terms", "mean_loss"]
+__all__ = ["batch_loss", "chunked_cross_entropy", "example_terms", "loss_terms", "mean_loss"]
 
 CHUNK = 1024  # rows of logits materialised at once
 
@@ -48,6 +48,13 @@ def loss_terms(batch: dict[str, torch.Tensor], head: str) -> int:
     if head == "classifier":
         return int(batch["class_index"].numel())
     return int(_targets(batch)[1].sum())
+
+
+def example_terms(e: Encoded, head: str) -> int:
+    """:func:`loss_terms` of one example, without collating it (tested equal)."""
+    if head == "classifier":
+        return 1
+    return e.length - max(e.prompt_len, 1)  # response tokens; token 0 is never a target
 
 
 def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
