@@ -37,6 +37,7 @@ from tunelab.bench.synthetic import length_summary, write_rows
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.errors import TunelabError
 from tunelab.results import peak_rss_mb, write_json
+from tunelab.training.loss import example_terms
 
 __all__ = [
     "ENGINES",
@@ -178,9 +179,13 @@ def matmul_peak(dtype: torch.dtype, max_size: int = 2048, seconds: float = 3.0) 
     return round(best, 1)
 
 
+def _base(lm: Any) -> Any:
+    """The transformers model under a peft wrapper (or ``lm`` itself)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
 def _layers_params(lm: Any) -> int:
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    layers = base.get_decoder().layers
+    layers = _base(lm).get_decoder().layers
     return sum(p.numel() for n, p in layers.named_parameters() if "lora_" not in n)
 
 
@@ -219,24 +224,9 @@ def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
 
     work = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
     start = time.perf_counter()
-    fit(model, train, val[:4], settings, checkpoints=work / "checkpoints", config_yaml="",
-        log=MetricsLog(work, tensorboard=False), progress=progress)  # fmt: skip
-    from tunelab.data.batching import micro_batches, train_batches
-
-    order = train_batches(
-        [e.length for e in train],
-        spec.batch_size,
-        seed=spec.seed,
-        epoch=0,
-        pool=spec.length_grouping,
-    )
-    padded = sum(
-        int(piece["input_ids"].numel())
-        for idx in order
-        for piece in micro_batches([train[i] for i in idx], pad_id,
-                                   max_tokens=spec.max_batch_tokens, packing=spec.packing,
-                                   row_tokens=spec.max_length)
-    )  # fmt: skip
+    state = fit(model, train, val[:4], settings, checkpoints=work / "checkpoints",
+                config_yaml="", log=MetricsLog(work, tensorboard=False),
+                progress=progress)  # fmt: skip
     return {
         "train_seconds": marks["end"] - start,
         "peak_rss_mb": marks["rss"],
@@ -247,16 +237,9 @@ def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
             "length_grouping": spec.length_grouping,
             "chunked_loss": True,
         },
-        "padded_tokens": padded,
+        "padded_tokens": state.padded_tokens,
         "lm": model.lm,
     }
-
-
-def run_hf(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded], tokenizer: Any,
-           bf16: bool) -> dict[str, Any]:  # fmt: skip
-    from tunelab.bench.peer_hf import train_with_trainer
-
-    return train_with_trainer(spec, train, tokenizer, bf16=bf16)
 
 
 def worker(engine: str, spec_path: Path, out_path: Path) -> None:
@@ -268,7 +251,9 @@ def worker(engine: str, spec_path: Path, out_path: Path) -> None:
     if engine == "tunelab":
         res = run_tunelab(spec, train, val, tokenizer.pad_token_id)
     elif engine in ("hf", "hf-bf16"):
-        res = run_hf(spec, train, val, tokenizer, bf16=engine == "hf-bf16")
+        from tunelab.bench.peer_hf import train_with_trainer
+
+        res = train_with_trainer(spec, train, tokenizer, bf16=engine == "hf-bf16")
     else:
         raise TunelabError(f"unknown engine {engine!r}", hint=f"one of {', '.join(ENGINES)}")
     lm = res.pop("lm")
@@ -281,7 +266,10 @@ def worker(engine: str, spec_path: Path, out_path: Path) -> None:
         "train_seconds": round(res["train_seconds"], 1),
         "rss_after_loading_mb": loaded_rss,
         "heldout_loss": round(heldout_loss(lm, val), 4),
-        "layers_params": _layers_params(lm),
+        "train_flops": train_flops(
+            _base(lm).config, [e.length for e in train],
+            [example_terms(e, "lm") for e in train], spec.method, _layers_params(lm),
+        ),
     })  # fmt: skip
     write_json(out_path, res)
 
@@ -322,20 +310,14 @@ def bench_train(spec: TrainBenchSpec, engines: Sequence[str],
         r = results[engine]
         log(f"  {engine}: {r['tokens_per_second']} real tokens/s, peak RSS "
             f"{r['peak_rss_mb']:.0f} MiB, held-out loss {r['heldout_loss']}")  # fmt: skip
-    from tunelab.models.loading import load_base
-
-    config = load_base(spec.model).config
-    lengths = [e.length for e in train]
-    response = [e.length - e.prompt_len for e in train]
     for r in results.values():
-        flops = train_flops(config, lengths, response, spec.method, r["layers_params"])
         peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
-        r["model_gflops_per_s"] = round(flops / r["train_seconds"] / 1e9, 1)
-        r["mfu"] = round(flops / r["train_seconds"] / 1e9 / peak, 3)
+        r["model_gflops_per_s"] = round(r["train_flops"] / r["train_seconds"] / 1e9, 1)
+        r["mfu"] = round(r["train_flops"] / r["train_seconds"] / 1e9 / peak, 3)
     result: dict[str, Any] = {
         "method": spec.method,
         "spec": asdict(spec),
-        "rows": length_summary(lengths),
+        "rows": length_summary([e.length for e in train]),
         "matmul_peak_gflops": peaks,
         "engines": results,
     }

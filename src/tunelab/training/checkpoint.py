@@ -43,6 +43,7 @@ class TrainState:
     epoch: int = 0  # current epoch index
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
     tokens: int = 0  # real (non-padding) tokens trained on
+    padded_tokens: int = 0  # tokens computed, padding included (rows x width of each piece)
     best_val: float | None = None
     best_step: int | None = None
     bad_evals: int = 0  # validations since the last improvement

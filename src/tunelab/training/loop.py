@@ -118,6 +118,7 @@ def fit(
                 (loss_sum / per_step).backward()
                 step_loss += loss_sum.item()
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
+            state.padded_tokens += sum(int(b["input_ids"].numel()) for b in batches)
             step_loss /= terms
             if not math.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
