@@ -101,3 +101,20 @@ def test_cli_reference_is_current():
     assert (ROOT / "docs" / "cli.md").read_text() == render_cli_reference(), (
         "docs/cli.md is stale: run `python -m tunelab.cli.reference > docs/cli.md`"
     )
+
+
+def test_data_preparation_rules_name_the_key():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"clean": {"steps": ["unicod"]}}})
+    assert "data.clean.steps" in str(err.value) and "unicode" in str(err.value)
+    with pytest.raises(ConfigError, match="group_by"):
+        parse_config({"data": {"split": {"method": "group"}}})
+    with pytest.raises(ConfigError, match="set source inside each task"):
+        parse_config({"data": {"source": "x.jsonl", "tasks": [{"name": "a", "source": "y"}]}})
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_config(
+            {"data": {"tasks": [{"name": "a", "source": "y"}, {"name": "a", "source": "z"}]}}
+        )
+    cfg = parse_config({"data": {"split": {"val": 50, "test": 0.1}, "anonymize": None}})
+    assert cfg.data.split.val == 50 and isinstance(cfg.data.split.val, int)
+    assert cfg.data.anonymize is None

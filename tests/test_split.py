@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tunelab.data.split import sample, split_counts, split_records
+from tunelab.data.split import sample, split_counts, split_groups, split_records
 from tunelab.errors import ConfigError
 
 # 700 "a", 250 "b", 50 "c", and a class of 3 that must still reach val and test
@@ -67,7 +67,7 @@ def test_split_counts(n: int, val: float, test: float, expected: tuple[int, int,
     assert split_counts(n, val, test) == expected
 
 
-@pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (-0.1, 0.1), (0.1, 1.0)])
+@pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (-0.1, 0.1), (0.1, 2000), (600, 500)])
 def test_bad_fractions_are_config_errors(val: float, test: float) -> None:
     with pytest.raises(ConfigError, match=r"data\.split"):
         split_records(ITEMS, val=val, test=test, seed=0)
@@ -82,3 +82,25 @@ def test_sample_is_seeded_ordered_and_nested() -> None:
     assert set(small) <= set(sample(items, 30, seed=1))
     assert sample(items, 500, seed=1) == items
     assert sample(items, 0, seed=1) == []
+
+
+def test_counts_are_row_counts() -> None:
+    train, val, test = split_records(list(range(1000)), val=50, test=200, seed=0)
+    assert (len(train), len(val), len(test)) == (750, 50, 200)
+    with pytest.raises(ConfigError, match=r"data\.split\.test"):
+        split_records(list(range(10)), val=0.1, test=20, seed=0)
+
+
+def test_group_split_keeps_groups_together() -> None:
+    # 40 groups of 1..6 rows; a group never spans two splits
+    rows = [(f"g{g}", i) for g in range(40) for i in range(1 + g % 6)]
+    parts = split_groups(rows, val=0.1, test=0.2, seed=1, group=lambda r: r[0])
+    groups = [{g for g, _ in part} for part in parts]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2])
+    assert not (groups[1] & groups[2])
+    assert sorted(r for part in parts for r in part) == sorted(rows)
+    n = len(rows)
+    # whole groups overshoot the target by less than the largest group (6 rows)
+    assert round(n * 0.2) <= len(parts[2]) < round(n * 0.2) + 6
+    assert round(n * 0.1) <= len(parts[1]) < round(n * 0.1) + 6
+    assert parts == split_groups(rows, val=0.1, test=0.2, seed=1, group=lambda r: r[0])

@@ -70,6 +70,7 @@ class DataError(TunelabError):
         hint: str | None = None,
     ) -> None:
         self.file, self.line, self.field = file, line, field
+        self.problem = message  # without the location, for reports that show it apart
         where = ":".join(str(p) for p in (file, line) if p is not None)
         if field is not None:
             where = f"{where}: field '{field}'" if where else f"field '{field}'"

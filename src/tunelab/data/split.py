@@ -15,7 +15,7 @@ import numpy as np
 
 from tunelab.errors import ConfigError
 
-__all__ = ["sample", "split_counts", "split_records"]
+__all__ = ["as_fractions", "sample", "split_counts", "split_groups", "split_records"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,64 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
+def as_fractions(n: int, val: float, test: float) -> tuple[float, float]:
+    """Sizes given as fractions (< 1) or row counts (>= 1) as fractions of ``n`` rows.
+
+    A count larger than what ``n`` rows allow raises ConfigError naming the key.
+    """
+    sizes = []
+    for name, value in (("val", val), ("test", test)):
+        if value < 1:
+            sizes.append(float(value))
+            continue
+        if n and value > n:
+            raise ConfigError(
+                "split size larger than the data",
+                problems=[(f"data.split.{name}", f"{int(value)} rows asked, {n} available")],
+                hint="ask for fewer rows, or a fraction such as 0.1",
+            )
+        sizes.append(int(value) / n if n else 0.0)
+    if n and sum(sizes) >= 1.0:
+        raise ConfigError(
+            "split sizes leave no training data",
+            problems=[("data.split", f"val {val:g} + test {test:g} of {n} rows")],
+            hint="lower data.split.val / data.split.test",
+        )
+    return sizes[0], sizes[1]
+
+
+def split_groups(
+    records: Sequence[T], *, val: float, test: float, seed: int, group: Callable[[T], str]
+) -> tuple[list[T], list[T], list[T]]:
+    """Split so that all records of one group land in the same split.
+
+    Groups are shuffled (seeded); whole groups go to test until it holds at least
+    ``test`` (a fraction of the records, or a count), then to val likewise; the rest is
+    train. Sizes are therefore approximate: they overshoot by less than one group. With
+    fewer than 3 groups a split may stay empty.
+    """
+    val, test = as_fractions(len(records), val, test)
+    by_group: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_group.setdefault(group(record), []).append(index)
+    names = sorted(by_group)
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    targets = (math.floor(len(records) * test + 0.5), math.floor(len(records) * val + 0.5))
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    filling = 0  # 0: test, 1: val, 2: train
+    for i, name in enumerate(order):
+        while filling < 2 and len(parts[2 - filling]) >= targets[filling]:
+            filling += 1
+        if filling < 2 and len(order) - i <= 1:  # keep the last group for training
+            filling = 2
+        parts[2 - filling].extend(by_group[name])
+    train, val_part, test_part = (
+        [records[part[i]] for i in rng.permutation(len(part))] for part in parts
+    )
+    return train, val_part, test_part
+
+
 def split_records(
     records: Sequence[T],
     *,
@@ -51,6 +109,7 @@ def split_records(
 ) -> tuple[list[T], list[T], list[T]]:
     """Split ``records`` into ``(train, val, test)`` lists.
 
+    ``val`` and ``test`` are fractions (< 1) or row counts (>= 1, see :func:`as_fractions`).
     Without ``key`` the records are shuffled and cut by :func:`split_counts`. With ``key``
     the split is stratified: each class (in sorted key order) is shuffled and cut on its
     own, so every class with at least 3 items has at least one val and one test item when
@@ -58,6 +117,7 @@ def split_records(
     rounding. Each split is then shuffled, so classes are interleaved. The splits are
     disjoint and together hold every record exactly once.
     """
+    val, test = as_fractions(len(records), val, test)
     problems = [
         (f"data.split.{name}", f"{value:g} must be in [0, 1)")
         for name, value in (("val", val), ("test", test))

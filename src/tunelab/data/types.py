@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FORMATS", "Example", "Format", "Record", "Row"]
+__all__ = ["FORMATS", "Example", "Format", "Record", "Rejected", "Row"]
 
 Format = Literal["classification", "instruction", "completion", "chat"]
 FORMATS: tuple[Format, ...] = ("classification", "instruction", "completion", "chat")
@@ -18,6 +18,28 @@ class Row:
     fields: dict[str, Any]
     file: str
     line: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row that did not make it into the prepared data, and why.
+
+    ``reason`` is a short category for counting (``invalid JSON``, ``missing column``,
+    ``near duplicate``...); ``message`` the full explanation; ``field`` the user's column
+    (``messages[2].role`` for chat) when one is to blame; ``raw`` the row as read (the
+    decoded line, or the row's fields) so nothing is lost.
+    """
+
+    file: str
+    line: int
+    reason: str
+    message: str
+    field: str | None = None
+    raw: Any = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "reason": self.reason,
+                "message": self.message, "field": self.field, "raw": self.raw}  # fmt: skip
 
 
 @dataclass(frozen=True)
