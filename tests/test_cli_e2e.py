@@ -145,6 +145,22 @@ def test_data_error_names_file_line_and_field(tmp_path, tiny_model_dir):
     assert torch.get_num_threads() >= 1
 
 
+def test_prepare_shows_the_card_and_strict_mode_stops(tmp_path, tiny_model_dir, sentiment_file):
+    lines = sentiment_file.read_text().splitlines()[:40] + ['{"text": "bad one", "label": ""}']
+    sentiment_file.write_text("\n".join(lines) + "\n")
+    cfg = tiny_config(tiny_model_dir, sentiment_file, tmp_path / "runs")
+    result = runner.invoke(app, ["prepare", str(_write(tmp_path, cfg))])
+    assert result.exit_code == 0, result.exception
+    assert "validation: empty label" in result.output and "data hash" in result.output
+    rejected = (tmp_path / "runs/tiny/data/rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and '"line": 41' in rejected[0]
+    assert (tmp_path / "runs/tiny/data/data_card.md").is_file()
+    cfg["data"]["validation"] = "strict"
+    result = runner.invoke(app, ["prepare", str(_write(tmp_path, cfg))])
+    assert result.exit_code != 0
+    assert f"{sentiment_file}:41: label: label is empty" in str(result.exception)
+
+
 @pytest.mark.parametrize("verb", ["run", "train"])
 def test_ctrl_c_says_what_is_safe_and_how_to_resume(tmp_path, monkeypatch, verb,
                                                    tiny_model_dir, sentiment_file):  # fmt: skip

@@ -276,3 +276,30 @@ def test_token_cache_skips_tokenisation_the_second_time(tmp_path, tiny_model_dir
     assert second == first
     _, hit3 = cached_encode(prep.splits, encode_one, key_parts=["b"], folder=tmp_path / "c")
     assert not hit3  # another key (e.g. another tokenizer or max_length) re-encodes
+
+
+def test_saved_hf_dataset_dict_keeps_its_own_splits(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = _reviews(30)
+    parts = {"train": rows[:20], "validation": rows[20:25], "test": rows[25:]}
+    saved = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in parts.items()})
+    saved.save_to_disk(str(tmp_path / "saved"))
+    split = SplitSpec(method="column", column="_split")
+    prep = prepare(DataSpec.single(str(tmp_path / "saved"), split=split), tmp_path / "out")
+    assert prep.card["splits"] == {"train": 20, "val": 5, "test": 5}
+    assert all("[validation]" in ex.origin for ex in prep.splits["val"])
+
+
+def test_chat_rows_with_bad_roles_name_the_message(tmp_path: Path) -> None:
+    good = [
+        {"messages": [{"role": "user", "content": f"Say {i} twice, please."},
+                      {"role": "assistant", "content": f"{i} {i}"}]}
+        for i in range(20)
+    ]  # fmt: skip
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}
+    data = _jsonl(tmp_path / "c.jsonl", [*good, bad])
+    prep = prepare(DataSpec.single(str(data)), tmp_path / "out")
+    assert prep.format == "chat"
+    rejected = json.loads((tmp_path / "out/rejected.jsonl").read_text())
+    assert rejected["line"] == 21 and rejected["field"] == "messages[1].role"
+    assert rejected["reason"] == "invalid chat messages"
