@@ -146,7 +146,7 @@ def test_data_error_names_file_line_and_field(tmp_path, tiny_model_dir):
 
 
 def test_prepare_shows_the_card_and_strict_mode_stops(tmp_path, tiny_model_dir, sentiment_file):
-    lines = sentiment_file.read_text().splitlines()[:40] + ['{"text": "bad one", "label": ""}']
+    lines = [*sentiment_file.read_text().splitlines()[:40], '{"text": "bad one", "label": ""}']
     sentiment_file.write_text("\n".join(lines) + "\n")
     cfg = tiny_config(tiny_model_dir, sentiment_file, tmp_path / "runs")
     result = runner.invoke(app, ["prepare", str(_write(tmp_path, cfg))])

@@ -11,6 +11,7 @@ import typer
 
 from tunelab import __version__
 from tunelab.bench.eval_speed import bench_eval
+from tunelab.bench.prepare_speed import bench_prepare
 from tunelab.bench.synthetic import write_rows
 from tunelab.bench.train_speed import ENGINES, TrainBenchSpec, bench_train
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
@@ -118,3 +119,82 @@ def data_(
     """Instruction rows with a realistic long-tailed length spread (the benchmark's data)."""
     write_rows(out, n, seed)
     console.print(f"written: {out} ({n} rows)")
+
+
+@app.command("prepare")
+def prepare_(
+    n: Annotated[
+        int, typer.Option(min=100, help="Generated rows with planted problems.")
+    ] = 100_000,
+    gb: Annotated[
+        float | None,
+        typer.Option(help="Instead: a file of at least this many GB of distinct rows."),
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    model: Annotated[str, typer.Option(help="Tokenizer of this model.")] = "smollm2-135m-instruct",
+    out: Annotated[Path, typer.Option(help="Folder for the result JSON.")] = Path("runs/bench"),
+) -> None:
+    """The whole data stage on generated messy rows (or a >= N GB file): time, peak RSS."""
+    result = bench_prepare(out / "prepare", n=n, gb=gb, seed=seed, model=model)
+    name = f"bench_prepare_{gb:g}gb.json" if gb else f"bench_prepare_{n}.json"
+    write_json(out / name, result)
+    console.print(
+        f"{result['rows']:,} rows ({result['file_mb']:,} MB) in {result['seconds']} s "
+        f"({result['rows_per_second']:,} rows/s), peak RSS {result['peak_rss_mb']:,} MiB; "
+        f"stages {result['stages_s']}; kept {result['rows_kept']:,}"
+    )
+    console.print(f"written: {out / name}")
+
+
+@app.command("pii")
+def pii(
+    n: Annotated[int, typer.Option(min=1, help="Synthetic rows.")] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="JSON file to write.")] = Path(
+        "runs/bench/bench_pii.json"
+    ),
+) -> None:
+    """PII detection: recall and precision per type on rows with known spans, and speed."""
+    import os
+    from importlib.metadata import version
+
+    from rich.table import Table
+
+    from tunelab.bench.pii import bench_pii
+
+    result = bench_pii(n, seed)
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), "") if cpuinfo.exists() else ""  # fmt: skip
+    result["environment"] = {
+        "tunelab": __version__, "python": platform.python_version(),
+        "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+        **{pkg: version(pkg) for pkg in ("presidio-analyzer", "phonenumbers", "faker")},
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    table = Table(title=f"PII detection: {n} rows, seed {seed}")
+    for column in ("type", "support", "TP", "FP", "FN", "recall", "precision"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for name, m in result["per_type"].items():
+        table.add_row(
+            name, *(str(m[k]) for k in ("support", "tp", "fp", "fn", "recall", "precision"))
+        )
+    console.print(table)
+    speed = result["anonymizer_rows_per_second"]
+    targets = result["targets"]
+    console.print(
+        f"detector: {result['rows_per_second']:,} rows/s ({result['mean_row_chars']} chars/row); "
+        f"anonymiser on 300-char texts: {speed['prose_no_digits']:,} rows/s (prose), "
+        f"{speed['numbers_no_pii']:,} (numbers, no PII), {speed['with_pii']:,} (with PII)"
+    )
+    real = result["real_text"]
+    console.print(
+        f"real instruction rows ({real['rows']}, {real['mean_row_chars']} chars): "
+        f"{real['rows_per_second']:,} rows/s; spans found {real['spans_by_type'] or 'none'}"
+    )
+    console.print(
+        f"targets (recall >= {targets['recall']}, precision >= {targets['precision']}): "
+        + ("met" if targets["met"] else "missed: " + "; ".join(targets["missed"]))
+    )
+    console.print(f"written: {out}")
