@@ -118,3 +118,10 @@ def test_data_preparation_rules_name_the_key():
     cfg = parse_config({"data": {"split": {"val": 50, "test": 0.1}, "anonymize": None}})
     assert cfg.data.split.val == 50 and isinstance(cfg.data.split.val, int)
     assert cfg.data.anonymize is None
+
+
+def test_anonymize_types_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="emial"):
+        parse_config({"data": {"anonymize": {"types": ["emial"]}}})
+    with pytest.raises(ConfigError, match="name_model"):
+        parse_config({"data": {"anonymize": {"types": ["email", "person"]}}})

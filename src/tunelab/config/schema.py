@@ -130,6 +130,12 @@ class CleanConfig(_Section):
         "Jaccard similarity at or above this threshold; null disables.",
     )
 
+    conflicts: Literal["drop", "majority", "keep"] = Field(
+        "drop",
+        description="Classification inputs seen with different labels: `drop` every such row, "
+        "keep the `majority` label's rows (a tie drops all), or `keep` them (reported only).",
+    )
+
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, steps: list[str]) -> list[str]:
@@ -139,11 +145,6 @@ class CleanConfig(_Section):
         if unknown:
             raise ValueError(f"unknown step(s) {unknown}; steps: {', '.join(CLEANERS)}")
         return steps
-    conflicts: Literal["drop", "majority", "keep"] = Field(
-        "drop",
-        description="Classification inputs seen with different labels: `drop` every such row, "
-        "keep the `majority` label's rows (a tie drops all), or `keep` them (reported only).",
-    )
 
 
 class AnonymizeConfig(_Section):
@@ -162,6 +163,25 @@ class AnonymizeConfig(_Section):
         description="Path to a spaCy pipeline with an NER component, to detect person "
         "names; without it names are not detected (the data card says so).",
     )
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, types: list[str] | None) -> list[str] | None:
+        from tunelab.data.pii import PII_TYPES
+
+        unknown = [t for t in types or [] if t not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"unknown type(s) {unknown}; types: {', '.join(PII_TYPES)}")
+        return types
+
+    @model_validator(mode="after")
+    def _person_needs_a_model(self) -> AnonymizeConfig:
+        if self.types and "person" in self.types and not self.name_model:
+            raise ValueError(
+                "type 'person' needs `name_model`: a spaCy pipeline with NER (none ships with "
+                "tunelab); or leave 'person' out"
+            )
+        return self
 
 
 class TaskConfig(_Section):

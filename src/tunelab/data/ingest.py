@@ -417,9 +417,7 @@ def _keep_chunk(ctx: _Context, chunk: Sequence[Record]) -> None:
         ctx.kept.append(Kept(ctx.spill.write(record), record.origin, label, group, input_key, n))
 
 
-def _duplicate(
-    ctx: _Context, record: Record, text: str, sig: Any, where: tuple[str, int]
-) -> bool:
+def _duplicate(ctx: _Context, record: Record, text: str, sig: Any, where: tuple[str, int]) -> bool:
     """Whether the record repeats a kept one (then dropped); else it is indexed as kept."""
     item, key = len(ctx.kept), dedupe_key(text)
     first, reason = ctx.exact.find(key), "exact duplicate"
