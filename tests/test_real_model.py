@@ -30,8 +30,9 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def encoded(tok):
-    prep = prepare(DataSpec(source="rotten_tomatoes", caps={"test": 48}))
+def encoded(tok, tmp_path_factory):
+    spec = DataSpec.single("rotten_tomatoes", caps={"test": 48})
+    prep = prepare(spec, tmp_path_factory.mktemp("rt"), tokenizer=tok)
     fmt = PromptFormatter(tok)
     items = [encode(tok, fmt, ex, max_length=128, labels=prep.labels) for ex in prep.splits["test"]]
     return prep, items
