@@ -69,7 +69,11 @@ def test_every_dropped_row_is_accounted_for(tmp_path: Path) -> None:
         "dedupe: conflicting labels": 2,
         "sampling: split cap": task["dropped"]["sampling: split cap"],
     }
+    cap = task["dropped"]["sampling: split cap"]
     assert card["splits"]["test"] == 3
+    assert task["after_stage"] == {"read": 48, "validation": 45, "cleaning": 45, "dedupe": 41,
+                                   "sampling": 41 - cap, "leakage": 41 - cap,
+                                   "mixture": task["kept"]}  # fmt: skip
     rejected = [json.loads(x) for x in (tmp_path / "out/rejected.jsonl").read_text().splitlines()]
     assert len(rejected) == sum(task["dropped"].values())
     by_reason = {r["reason"]: r for r in rejected}

@@ -68,6 +68,11 @@ def card_markdown(card: Mapping[str, Any]) -> str:
             for name, t in card["tasks"].items()
         ),
     )
+    out += ["Rows left after each stage:", ""]
+    stages = list(next(iter(card["tasks"].values()))["after_stage"])
+    out += _table(
+        ["task", *stages], ([name, *t["after_stage"].values()] for name, t in card["tasks"].items())
+    )
     if card.get("repeated_in_mixture"):
         out += [f"The training mixture repeats {card['repeated_in_mixture']:,} rows.", ""]
     out += ["## Dropped rows by stage and reason", "", "Every row is in `rejected.jsonl`.", ""]

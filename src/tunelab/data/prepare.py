@@ -444,6 +444,7 @@ def _finish_card(
                 f"{stage}: {reason}": n for (stage, reason), n in sorted(ing.dropped.items())
             },
             "recipe_dropped": ing.recipe_dropped,
+            "after_stage": _funnel(ing.rows_in, ing.dropped),
             "splits": counts,
             "leakage_removed": dict(t.leakage),
         }
@@ -461,6 +462,18 @@ def _finish_card(
     for name in ("val", "test"):
         if not chosen[name]:
             card["warnings"].append(f"the {name} split is empty")
+
+
+_STAGES = ("validation", "cleaning", "dedupe", "sampling", "leakage", "mixture")
+
+
+def _funnel(rows_in: int, dropped: Counter[tuple[str, str]]) -> dict[str, int]:
+    """Rows left after each stage, in pipeline order (the last one is the rows kept)."""
+    left, funnel = rows_in, {"read": rows_in}
+    for stage in _STAGES:
+        left -= sum(n for (name, _), n in dropped.items() if name == stage)
+        funnel[stage] = left
+    return funnel
 
 
 def read_prepared(folder: Path) -> Prepared:
