@@ -307,3 +307,15 @@ def test_chat_rows_with_bad_roles_name_the_message(tmp_path: Path) -> None:
     rejected = json.loads((tmp_path / "out/rejected.jsonl").read_text())
     assert rejected["line"] == 21 and rejected["field"] == "messages[1].role"
     assert rejected["reason"] == "invalid chat messages"
+
+
+def test_rows_without_the_group_column_are_rejected(tmp_path: Path) -> None:
+    rows = _reviews(40)
+    del rows[7]["film"]
+    data = _jsonl(tmp_path / "d.jsonl", rows)
+    split = SplitSpec(method="group", group_by="film")
+    card = prepare(DataSpec.single(str(data), split=split), tmp_path / "out").card
+    assert card["tasks"]["data"]["dropped"] == {"validation: missing split column": 1}
+    recipe = DataSpec.single("chatterbot_qa", split=split, max_rejected=1.0, anonymize=None)
+    with pytest.raises(DataError, match="no rows left"):
+        prepare(recipe, tmp_path / "qa")

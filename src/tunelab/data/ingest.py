@@ -353,11 +353,6 @@ def _normalise(ctx: _Context, row: Row, fmt: Format) -> Record | None:
         ctx.drop("validation", Rejected(row.file, row.line, "unknown label", message, "label",
                                         row.fields))  # fmt: skip
         return None
-    if ctx.group_column is not None and ctx.group_column not in record.extra:
-        message = f"no '{ctx.group_column}' column, which the split needs"
-        ctx.drop("validation", Rejected(row.file, row.line, "missing split column", message,
-                                        ctx.group_column, row.fields))  # fmt: skip
-        return None
     return record
 
 
@@ -404,12 +399,19 @@ def _keep_chunk(ctx: _Context, chunk: Sequence[Record]) -> None:
             ctx.drop("cleaning", Rejected(*where, reason, f"{n} tokens; the limit is {bound}",
                                           None, record.data))  # fmt: skip
             continue
+        group = None
+        if ctx.group_column is not None:
+            if record.extra.get(ctx.group_column) is None:
+                message = f"no '{ctx.group_column}' value, which the split needs"
+                ctx.drop("validation", Rejected(*where, "missing split column", message,
+                                                ctx.group_column, record.data))  # fmt: skip
+                continue
+            group = str(record.extra[ctx.group_column])
         if ctx.clean.dedupe and _duplicate(ctx, record, text, sig, where):
             continue
         label = record.label
         if label is not None:
             ctx.labels_seen.add(label)
-        group = str(record.extra[ctx.group_column]) if ctx.group_column else None
         input_key = None
         if record.format == "classification":
             digest = hashlib.blake2b(dedupe_key(record.data["text"]).encode(), digest_size=12)
