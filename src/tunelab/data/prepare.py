@@ -101,11 +101,21 @@ class DataSpec:
 
 @dataclass
 class Prepared:
+    """What :func:`prepare` wrote. The splits are read from ``folder`` on first use, so
+    preparing a large file never holds it in memory."""
+
     format: str  # a Format, or "mixed" for tasks of different formats
     labels: list[str] | None  # canonical labels (one classification task only)
     label_words: dict[str, str]  # label -> what the model says
-    splits: dict[str, list[Example]]
     card: dict[str, Any]
+    folder: Path
+    _splits: dict[str, list[Example]] | None = field(default=None, repr=False)
+
+    @property
+    def splits(self) -> dict[str, list[Example]]:
+        if self._splits is None:
+            self._splits = _read_splits(self.folder)
+        return self._splits
 
     @property
     def words(self) -> list[str] | None:
@@ -193,8 +203,7 @@ def _group_column(split: SplitSpec) -> str | None:
 
 
 def _drop(log: RejectLog, t: Ingested, kept: Kept, stage: str, reason: str, msg: str) -> None:
-    file, _, line = kept.origin.rpartition(":")
-    log.write(t.task.name, stage, Rejected(file, int(line) if line.isdigit() else 0, reason, msg))
+    log.write(t.task.name, stage, Rejected(kept.file, kept.line, reason, msg))
     t.dropped[(stage, reason)] += 1
 
 
@@ -254,7 +263,7 @@ def _split(kept: list[Kept], fmt: Format, split: SplitSpec, task: str) -> dict[s
             if name is None:
                 raise DataError(
                     f"split column '{split.column}' has the value {k.group!r}",
-                    file=k.origin.rpartition(":")[0], field=split.column,
+                    file=k.file, line=k.line, field=split.column,
                     hint=f"use one of: {', '.join(sorted(_SPLIT_NAMES))}",
                 )  # fmt: skip
             parts[name].append(k)
@@ -477,18 +486,28 @@ def _funnel(rows_in: int, dropped: Counter[tuple[str, str]]) -> dict[str, int]:
 
 
 def read_prepared(folder: Path) -> Prepared:
-    """Load what :func:`prepare` wrote (a resumed run reuses the exact same split)."""
+    """What :func:`prepare` wrote (a resumed run reuses the exact same split)."""
     try:
         meta = json.loads((folder / "prepared.json").read_text())
         card = json.loads((folder / "data_card.json").read_text())
-        splits = {}
+        missing = [name for name in SPLITS if not (folder / f"{name}.jsonl").is_file()]
+        if missing:
+            raise OSError(f"no {', '.join(missing)} split file")
+        return Prepared(meta["format"], meta["labels"], meta["label_words"], card, folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"prepared data in {folder} is unreadable: {exc}") from exc
+
+
+def _read_splits(folder: Path) -> dict[str, list[Example]]:
+    splits = {}
+    try:
         for name in SPLITS:
             # split on "\n" only: str.splitlines also splits on U+2028 etc. inside JSON strings
             lines = (folder / f"{name}.jsonl").read_text(encoding="utf-8").split("\n")
             splits[name] = [_example(json.loads(line)) for line in lines if line.strip()]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"prepared data in {folder} is unreadable: {exc}") from exc
-    return Prepared(meta["format"], meta["labels"], meta["label_words"], splits, card)
+    return splits
 
 
 def _example(row: dict[str, Any]) -> Example:
