@@ -153,6 +153,8 @@ def test_group_split_keeps_a_group_in_one_split(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert not (films[0] & films[1]) and not (films[0] & films[2]) and not (films[1] & films[2])
     assert prep.card["split_method"].startswith("group by 'film'")
+    assert "leakage check: exact (near duplicates were removed by dedupe" in prep.card[
+        "split_method"]  # fmt: skip
 
 
 def test_split_from_a_column(tmp_path: Path) -> None:

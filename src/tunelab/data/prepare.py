@@ -166,7 +166,7 @@ def prepare(spec: DataSpec, folder: Path, tokenizer: Any = None) -> Prepared:
         timings["leakage"] = time.perf_counter() - clock
         clock = time.perf_counter()
         chosen, repeated = _final_splits(tasks, spec, log)
-        card = _write(folder, spec, tasks, chosen, spill)
+        card = _write(folder, spec, tasks, chosen, spill, leakage)
         timings["render_write"] = time.perf_counter() - clock
     finally:
         spill.close()
@@ -373,6 +373,7 @@ def _write(
     tasks: list[_Task],
     chosen: dict[str, list[tuple[int, Kept]]],
     spill: Spill,
+    leakage: str,
 ) -> dict[str, Any]:
     """Render and write the splits; the card's hash covers exactly what is written."""
     digest = hashlib.sha256()
@@ -405,7 +406,7 @@ def _write(
     card: dict[str, Any] = {
         "format": formats[0] if len(formats) == 1 else "mixed",
         "format_note": "; ".join(t.ingested.note for t in tasks),
-        "split_method": _method_note(spec.split, tasks),
+        "split_method": _method_note(spec.split, tasks, leakage),
         "templates": {name: dict(c) for name, c in used.items()},
         "template": next(iter(tasks[0].ingested.task.templates), None)
         or _default_template(tasks[0]),
@@ -426,7 +427,7 @@ def _default_template(t: _Task) -> str:
     return f"default for {t.ingested.format}"
 
 
-def _method_note(split: SplitSpec, tasks: list[_Task]) -> str:
+def _method_note(split: SplitSpec, tasks: list[_Task], leakage: str) -> str:
     method = split.method
     if method == "auto":
         fmt = tasks[0].ingested.format
@@ -434,7 +435,12 @@ def _method_note(split: SplitSpec, tasks: list[_Task]) -> str:
     detail = {"group": f" by '{split.group_by}'", "column": f" from '{split.column}'"}
     return (
         f"{method}{detail.get(method, '')}, val {split.val:g}, test {split.test:g}, "
-        f"seed {split.seed}, leakage check: {split.leakage}"
+        f"seed {split.seed}, leakage check: {leakage}"
+        + (
+            " (near duplicates were removed by dedupe before the split)"
+            if leakage != split.leakage
+            else ""
+        )
     )
 
 
