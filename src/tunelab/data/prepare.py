@@ -37,7 +37,7 @@ from tunelab.data.ingest import (
     ingest_task,
 )
 from tunelab.data.mixture import mixture_shares, mixture_sizes, sample_rows
-from tunelab.data.recipes import RECIPES
+from tunelab.data.recipes import RECIPES, Recipe
 from tunelab.data.split import sample, split_groups, split_records
 from tunelab.data.templates import render
 from tunelab.data.types import Example, Format, Rejected
@@ -239,7 +239,7 @@ def _post_ingest(ing: Ingested, spec: DataSpec, spill: Spill, log: RejectLog) ->
 
 
 def _labels(ing: Ingested) -> tuple[list[str] | None, dict[str, str]]:
-    recipe = RECIPES.get(ing.task.source) if isinstance(ing.task.source, str) else None
+    recipe = _recipe(ing.task)
     label_words = dict(recipe.default_label_words) if recipe else {}
     label_words.update(ing.task.label_words)
     if ing.format != "classification":
@@ -418,10 +418,12 @@ def _write(
     return card
 
 
+def _recipe(task: TaskSpec) -> Recipe | None:
+    return RECIPES.get(task.source) if isinstance(task.source, str) else None
+
+
 def _default_template(t: _Task) -> str:
-    recipe = (
-        RECIPES.get(t.ingested.task.source) if isinstance(t.ingested.task.source, str) else None
-    )
+    recipe = _recipe(t.ingested.task)
     if recipe and recipe.default_template:
         return recipe.default_template
     return f"default for {t.ingested.format}"
