@@ -76,6 +76,11 @@ class DataError(TunelabError):
             where = f"{where}: field '{field}'" if where else f"field '{field}'"
         super().__init__(f"{where}: {message}" if where else message, hint=hint)
 
+    @property
+    def detail(self) -> str:
+        """The problem and its hint, without the location (for reports that show it apart)."""
+        return self.problem + (f" (hint: {self.hint})" if self.hint else "")
+
 
 class ModelError(TunelabError):
     """A base model, alias or checkpoint cannot be found or loaded."""

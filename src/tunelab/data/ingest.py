@@ -199,8 +199,7 @@ def _reason(problem: str) -> str:
 
 
 def _rejected(err: DataError, row: Row) -> Rejected:
-    problem = err.problem + (f" (hint: {err.hint})" if err.hint else "")
-    return Rejected(row.file, row.line, _reason(err.problem), problem, err.field, row.fields)
+    return Rejected(row.file, row.line, _reason(err.problem), err.detail, err.field, row.fields)
 
 
 class _Rows:
@@ -380,12 +379,17 @@ def _clean(ctx: _Context, record: Record) -> Record | None:
         record = map_texts(record, scrub)
     emptied = _emptied(record)
     if emptied is not None:
-        file, _, line = record.origin.rpartition(":")
-        ctx.drop("cleaning", Rejected(file, int(line or 0), "empty after cleaning",
+        ctx.drop("cleaning", Rejected(*_where(ctx, record), "empty after cleaning",
                                       f"{emptied} is empty after cleaning", emptied,
                                       record.data))  # fmt: skip
         return None
     return record
+
+
+def _where(ctx: _Context, record: Record) -> tuple[str, int]:
+    """``(file, line)`` of a record's origin; one shared string object per file."""
+    file, _, line = record.origin.rpartition(":")
+    return ctx.files.setdefault(file, file), int(line) if line.isdigit() else 0
 
 
 def _keep_chunk(ctx: _Context, chunk: Sequence[Record]) -> None:
@@ -400,8 +404,7 @@ def _keep_chunk(ctx: _Context, chunk: Sequence[Record]) -> None:
     sigs = ctx.near.signatures(texts) if ctx.near is not None else [None] * len(chunk)
     low, high = ctx.clean.min_tokens, ctx.clean.max_tokens
     for record, text, n, sig in zip(chunk, texts, lengths, sigs, strict=True):
-        file, _, line = record.origin.rpartition(":")
-        where = (ctx.files.setdefault(file, file), int(line) if line.isdigit() else 0)
+        where = _where(ctx, record)
         if n is not None and ((low is not None and n < low) or (high is not None and n > high)):
             reason = "too short" if low is not None and n < low else "too long"
             bound = low if reason == "too short" else high

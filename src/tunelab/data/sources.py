@@ -84,7 +84,7 @@ def iter_rows(source: str | Path) -> Iterator[Row | Rejected]:
                 file=err.file or str(source),
                 line=err.line or 0,
                 reason=item.reason,
-                message=err.problem + (f" (hint: {err.hint})" if err.hint else ""),
+                message=err.detail,
                 field=err.field,
                 raw=item.raw,
             )
