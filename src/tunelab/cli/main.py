@@ -7,7 +7,17 @@ import sys
 import typer
 
 from tunelab import __version__
-from tunelab.cli import bench, datasets, evaluate, generate, models, prepare, run, train
+from tunelab.cli import (
+    bench,
+    datasets,
+    evaluate,
+    forgetting,
+    generate,
+    models,
+    prepare,
+    run,
+    train,
+)
 from tunelab.cli import config as config_cmd
 from tunelab.cli._common import err_console, quiet_libraries
 from tunelab.errors import TunelabError
@@ -48,10 +58,12 @@ app.command("models")(models.models)
 app.command("datasets")(datasets.datasets)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
+app.add_typer(forgetting.app, name="forgetting")
 
 
 def main() -> None:
-    """Console-script entry point: typed errors become a short message and exit code 1.
+    """Console-script entry point: typed errors become a short message and exit code 1
+    (3 for a run that forgot more than ``forgetting.min_retention`` allows).
 
     Usage errors are handled by the command framework itself (message, exit code 2).
     """
@@ -61,7 +73,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         _print_error(exc)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
 
 
 def _print_error(exc: TunelabError) -> None:

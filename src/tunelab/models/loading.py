@@ -21,7 +21,14 @@ from tunelab.assets import cache_dir, find_package_file
 from tunelab.errors import ModelError
 from tunelab.models.registry import ALIASES
 
-__all__ = ["describe_base", "load_base", "load_tokenizer", "resolve_base", "tokenizer_from"]
+__all__ = [
+    "describe_base",
+    "load_base",
+    "load_tokenizer",
+    "model_fingerprint",
+    "resolve_base",
+    "tokenizer_from",
+]
 
 _CACHE_MARKER = "tunelab_source.json"
 
@@ -52,6 +59,20 @@ def resolve_base(base: str) -> str:
         f"model.base '{base}' is not an alias, a local folder, a .gguf file or a hub id",
         hint=f"built-in aliases: {', '.join(ALIASES)} (see `tunelab models`)",
     )
+
+
+def model_fingerprint(base: str) -> str:
+    """Identity of a base model's weights for cache keys: the resolved location plus the
+    name, size and modification time of each weight and config file (hub ids: the id)."""
+    location = Path(resolve_base(base))
+    if not location.is_dir():
+        return str(location)
+    digest = hashlib.sha256(str(location.resolve()).encode())
+    for file in sorted(location.iterdir()):
+        if file.suffix in (".safetensors", ".bin", ".json", ".gguf"):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def describe_base(base: str) -> dict[str, Any]:

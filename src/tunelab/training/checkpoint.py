@@ -4,6 +4,7 @@ Layout of ``checkpoints/``::
 
     step-000050/              one folder per saved step
       trainable.safetensors   the parameters training changes (adapters, head or all)
+      extra.safetensors       state of the forgetting mitigations (Fisher, importances)
       optimizer.pt            optimizer and LR-scheduler state
       rng.pt                  torch / python RNG states (dropout resumes identically)
       state.json              step, epoch, position in the epoch, best val loss, ...
@@ -30,9 +31,17 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.errors import CheckpointError
 
-__all__ = ["TrainState", "load_checkpoint", "load_weights", "read_pointer", "save_checkpoint"]
+__all__ = [
+    "TrainState",
+    "load_checkpoint",
+    "load_extra_state",
+    "load_weights",
+    "read_pointer",
+    "save_checkpoint",
+]
 
 POINTER = "latest.json"
+EXTRA = "extra.safetensors"
 
 
 @dataclass
@@ -60,6 +69,7 @@ def save_checkpoint(
     config_yaml: str,
     is_best: bool,
     keep: int,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``root/step-N`` atomically, update the pointer, prune old step folders."""
     name = f"step-{state.step:06d}"
@@ -71,6 +81,8 @@ def save_checkpoint(
         tmp.mkdir()
         tensors = {k: v.contiguous().cpu() for k, v in trainable.items()}
         save_file(tensors, tmp / "trainable.safetensors")
+        if extra:
+            save_file({k: v.contiguous().cpu() for k, v in extra.items()}, tmp / EXTRA)
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
@@ -119,6 +131,12 @@ def load_checkpoint(folder: Path) -> tuple[TrainState, dict[str, torch.Tensor], 
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     return state, trainable, optimizer
+
+
+def load_extra_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The mitigations' tensors of a step folder (empty when the run had none)."""
+    path = folder / EXTRA
+    return load_file(path) if path.is_file() else {}
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:

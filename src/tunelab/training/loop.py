@@ -1,8 +1,9 @@
 """The training loop: one function, read top to bottom.
 
 Everything that happens during training is visible in :func:`fit`: batch order, the
-forward/backward of each micro-batch, clipping, the optimizer step, logging, validation,
-early stopping and checkpoints. Helpers below compute values; they decide nothing.
+forward/backward of each micro-batch, the forgetting mitigations' penalties, clipping, the
+optimizer step, logging, validation, early stopping and checkpoints. Helpers below compute
+values; they decide nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ import torch
 from tunelab.data.batching import micro_batches, train_batches
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
+from tunelab.forgetting.mitigations.base import Context, Mitigation, trainable_params
 from tunelab.models.task_model import TaskModel
-from tunelab.training.checkpoint import TrainState, load_checkpoint, read_pointer, save_checkpoint
+from tunelab.training.checkpoint import (
+    TrainState,
+    load_checkpoint,
+    load_extra_state,
+    read_pointer,
+    save_checkpoint,
+)
 from tunelab.training.loss import batch_loss, example_terms, loss_terms, mean_loss
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
@@ -72,9 +80,22 @@ def fit(
     log: MetricsLog,
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    mitigations: Sequence[Mitigation] = (),
+    ctx: Context | None = None,
 ) -> TrainState:
-    """Train ``model`` in place; return the final loop state (best step, why it stopped)."""
+    """Train ``model`` in place; return the final loop state (best step, why it stopped).
+
+    ``mitigations`` (with their ``ctx``) are the forgetting mitigations; their hooks run at
+    the places marked below (see ``forgetting/mitigations/base.py``).
+    """
     device = next(model.parameters()).device
+    if mitigations:
+        assert ctx is not None, "mitigations need a Context"
+        # the start point every penalty pulls toward; a resumed run rebuilds the same model
+        # from the same seed before restoring, so this is identical on resume
+        ctx.anchor = {n: p.detach().clone() for n, p in trainable_params(model).items()}
+        for m in mitigations:  # replay mixes general examples into the training list
+            train = m.train_examples(list(train), ctx)
     total = plan_steps(len(train), s)
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
     scheduler = build_scheduler(
@@ -85,8 +106,11 @@ def fit(
     terms_of = [example_terms(e, model.head) for e in train]
     state = TrainState()
     if resume:
-        state = _restore(model, optimizer, scheduler, checkpoints)
+        state = _restore(model, optimizer, scheduler, checkpoints, mitigations)
         log.truncate_after(state.step)
+    for m in mitigations:  # after a restore: computes only what the checkpoint lacked
+        assert ctx is not None
+        m.prepare(model, ctx)
     started = time.perf_counter() - state.elapsed
     model.train()
 
@@ -117,10 +141,17 @@ def fit(
                     loss_sum, _ = batch_loss(model, _to(batch, device))
                 (loss_sum / per_step).backward()
                 step_loss += loss_sum.item()
+            # ---- forgetting penalties: added to this step's loss, logged apart ------------
+            penalties: dict[str, float] = {}
+            for m in mitigations:
+                penalty = m.penalty(model, state.step)
+                if penalty is not None:
+                    penalty.backward()
+                    penalties[f"penalty.{m.name}"] = penalty.item()
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
             state.padded_tokens += sum(int(b["input_ids"].numel()) for b in batches)
             step_loss /= terms
-            if not math.isfinite(step_loss):
+            if not math.isfinite(step_loss + sum(penalties.values())):
                 optimizer.zero_grad(set_to_none=True)
                 raise TrainingError(
                     f"loss became {step_loss} at step {state.step + 1}; training stopped and "
@@ -130,7 +161,11 @@ def fit(
                     "train.precision: fp32",
                 )
             grad_norm = _clip(trainable, s.max_grad_norm)
+            for m in mitigations:
+                m.before_step(model)
             optimizer.step()
+            for m in mitigations:
+                m.after_step(model)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -143,7 +178,7 @@ def fit(
                 log.write(
                     {"step": state.step, "epoch": _epoch(state, len(order)), "loss": step_loss,
                      "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens,
-                     "elapsed": round(state.elapsed, 2)}
+                     "elapsed": round(state.elapsed, 2), **penalties}
                 )  # fmt: skip
             if progress is not None:
                 progress({"step": state.step, "total": total, "loss": step_loss,
@@ -172,6 +207,8 @@ def fit(
                     optimizer={"optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict()},
                     config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
+                    extra={f"{m.name}/{k}": v for m in mitigations
+                           for k, v in m.state_dict().items()},
                 )  # fmt: skip
                 if state.stopped is not None:
                     break
@@ -181,14 +218,21 @@ def fit(
     return state
 
 
-def _restore(model: TaskModel, optimizer, scheduler, checkpoints: Path) -> TrainState:
+def _restore(
+    model: TaskModel, optimizer, scheduler, checkpoints: Path, mitigations: Sequence[Mitigation]
+) -> TrainState:
     pointer = read_pointer(checkpoints)
     if not pointer.get("last"):
         return TrainState()  # nothing saved yet: a resumed run starts from the beginning
-    state, trainable, opt = load_checkpoint(checkpoints / str(pointer["last"]))
+    folder = checkpoints / str(pointer["last"])
+    state, trainable, opt = load_checkpoint(folder)
     model.load_trainable_state(trainable)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
+    extra = load_extra_state(folder)
+    for m in mitigations:
+        prefix = f"{m.name}/"
+        m.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
     if state.stopped is not None:
         raise TrainingError(
             f"the run in {checkpoints.parent} already finished ({state.stopped} at step "

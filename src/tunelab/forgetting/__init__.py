@@ -1,0 +1,1 @@
+"""Catastrophic forgetting: measure it (the retention suite) and mitigate it (mitigations)."""

@@ -1,0 +1,203 @@
+"""Distillation from the starting model on general data: learning without forgetting."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.utils.checkpoint import checkpoint
+
+from tunelab.data.batching import collate
+from tunelab.data.tokenize import IGNORE, Encoded
+from tunelab.forgetting.mitigations.base import (
+    Context,
+    Mitigation,
+    check_options,
+    general_pool,
+    is_number,
+    seeded_stream,
+)
+from tunelab.models.task_model import TaskModel
+from tunelab.training.loss import CHUNK
+from tunelab.training.optim import autocast
+
+__all__ = ["KD", "chunked_kl"]
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+def chunked_kl(
+    student_head: Head,
+    teacher_head: Head,
+    h_student: torch.Tensor,
+    h_teacher: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = CHUNK,
+) -> torch.Tensor:
+    """Σ_rows KL(softmax(z_t / T) ‖ softmax(z_s / T)), z = head(h), ``chunk`` rows at a time.
+
+    h_student, h_teacher: (N, H) hidden states of the same N positions; the result is an
+    fp32 scalar, differentiable through ``student_head`` and ``h_student`` only. As in
+    :func:`tunelab.training.loss.chunked_cross_entropy`, the (chunk, V) logits of both
+    models exist one chunk at a time: with autograd each chunk is recomputed in backward.
+    """
+    if h_student.shape[0] <= chunk:
+        return _kl_sum(student_head, teacher_head, h_student, h_teacher, temperature)
+    total = h_student.new_zeros((), dtype=torch.float32)
+    for start in range(0, h_student.shape[0], chunk):
+        hs, ht = h_student[start : start + chunk], h_teacher[start : start + chunk]
+        if torch.is_grad_enabled() and hs.requires_grad:
+            part = checkpoint(_kl_sum, student_head, teacher_head, hs, ht, temperature,
+                              use_reentrant=False)  # fmt: skip
+        else:
+            part = _kl_sum(student_head, teacher_head, hs, ht, temperature)
+        total = total + part
+    return total
+
+
+def _kl_sum(
+    student_head: Head, teacher_head: Head, hs: torch.Tensor, ht: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher_head(ht).float() / temperature, dim=-1)  # (n, V)
+    log_s = F.log_softmax(student_head(hs).float() / temperature, dim=-1)  # (n, V)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="sum")
+
+
+class KD(Mitigation):
+    """``strength`` · T² · mean over positions of KL(p_teacher ‖ p_student) on general data.
+
+    Learning without forgetting (Li & Hoiem, "Learning without forgetting", ECCV 2016;
+    T² keeps gradient sizes independent of T, Hinton et al. 2015). Each step draws a
+    general batch — ``batch_size`` (default ``ctx.batch_size``) examples of ``ctx.replay``
+    when given, else ``ctx.general``, a pure function of ``(ctx.seed, step)`` — and
+    compares next-token distributions at its labelled positions (labels != -100); hidden
+    states of those positions are gathered before the LM head, which is applied
+    ``CHUNK`` rows at a time (:func:`chunked_kl`).
+
+    The teacher is the starting model. LoRA: the same model with its adapters disabled
+    (``model.lm.disable_adapter()``), under no_grad and in eval mode — no second copy.
+    Full fine-tuning: a frozen deep copy of ``model.lm`` (decoder + LM head) holding
+    ``ctx.anchor``'s values, built in ``prepare`` (on resume too: it is never saved).
+
+    Memory: LoRA +0; full fine-tuning +4P bytes (one fp32 copy of the P-parameter LM).
+    Compute: one extra forward+backward of the student and one teacher forward on a
+    general batch per optimizer step.
+    """
+
+    name = "kd"
+
+    def __init__(
+        self, strength: float = 1.0, temperature: float = 1.0, batch_size: int | None = None
+    ) -> None:
+        super().__init__(strength=strength, temperature=temperature, batch_size=batch_size)
+        check_options(
+            self.name,
+            [
+                ("strength", strength, is_number(strength, low=0), ">= 0"),
+                ("temperature", temperature, is_number(temperature) and temperature > 0, "> 0"),
+                ("batch_size", batch_size, batch_size is None or (isinstance(batch_size, int)
+                 and not isinstance(batch_size, bool) and batch_size >= 1),
+                 "an integer >= 1 or null"),
+            ],
+        )  # fmt: skip
+        self.strength = float(strength)
+        self.temperature = float(temperature)
+        self.batch_size = batch_size
+        self.teacher: TaskModel | None = None  # full fine-tuning only
+        self.pool: list[Encoded] = []
+        self.ctx: Context | None = None
+
+    def prepare(self, model: TaskModel, ctx: Context) -> None:
+        self.ctx = ctx
+        self.pool = general_pool(ctx, self.name, prefer_replay=True)
+        self.teacher = None if isinstance(model.lm, PeftModel) else _frozen_copy(model, ctx)
+
+    def penalty(self, model: TaskModel, step: int) -> torch.Tensor | None:
+        if self.ctx is None:
+            raise RuntimeError("KD.penalty called before prepare")
+        batch = self.general_batch(model, step)
+        selected = batch["labels"][:, 1:] != IGNORE  # (B, T-1)
+        positions = int(selected.sum())
+        if positions == 0:
+            return None
+        device = batch["input_ids"].device
+        with autocast(self.ctx.precision, device):
+            h_t = self._teacher_hidden(model, batch)[:, :-1][selected]  # (N, H)
+            h_s = model.hidden(batch["input_ids"], batch["attention_mask"])[:, :-1][selected]
+            kl = chunked_kl(model.lm_head, self._teacher_head(model), h_s, h_t, self.temperature)
+        return kl * (self.strength * self.temperature**2 / positions)
+
+    def general_batch(self, model: TaskModel, step: int) -> dict[str, torch.Tensor]:
+        """The collated general batch of ``step`` (on the model's device)."""
+        if self.ctx is None:
+            raise RuntimeError("KD.general_batch called before prepare")
+        size = self.batch_size or self.ctx.batch_size
+        idx = seeded_stream(
+            len(self.pool), size, seed=self.ctx.seed, stream="kd", start=step * size
+        )
+        device = next(model.parameters()).device
+        return {
+            k: v.to(device)
+            for k, v in collate([self.pool[i] for i in idx], self.ctx.pad_id).items()
+        }
+
+    @torch.no_grad()
+    def teacher_logits(self, model: TaskModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's next-token logits at the labelled positions of ``batch``, (N, V)."""
+        selected = batch["labels"][:, 1:] != IGNORE
+        h = self._teacher_hidden(model, batch)[:, :-1][selected]
+        return self._teacher_head(model)(h).float()
+
+    # ---- the teacher ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _teacher_hidden(self, model: TaskModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.teacher is not None:
+            return self.teacher.hidden(batch["input_ids"], batch["attention_mask"])
+        with _base_model(model):
+            return model.hidden(batch["input_ids"], batch["attention_mask"])
+
+    def _teacher_head(self, model: TaskModel) -> Head:
+        if self.teacher is not None:
+            return self.teacher.lm_head
+        if not isinstance(model.lm_head, BaseTunerLayer):
+            return model.lm_head  # not adapted: frozen, the teacher's own head
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            with _base_model(model):
+                return model.lm_head(h)
+
+        return head
+
+
+@contextlib.contextmanager
+def _base_model(model: TaskModel) -> Iterator[None]:
+    """The LoRA model without its adapters, in eval mode (no dropout); restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.lm.disable_adapter():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _frozen_copy(model: TaskModel, ctx: Context) -> TaskModel:
+    """A frozen, eval-mode deep copy of the LM (decoder + LM head) at ``ctx.anchor``."""
+    teacher = TaskModel(copy.deepcopy(model.lm), head="lm")
+    params: dict[str, Any] = dict(teacher.named_parameters())
+    with torch.no_grad():
+        for name, value in ctx.anchor.items():
+            if name in params:  # the classifier head (if any) is not part of the teacher
+                params[name].copy_(value)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return teacher.eval()
