@@ -33,6 +33,8 @@ from tunelab.models.registry import ALIASES, alias_available
 from tunelab.data.recipes import RECIPES, recipe_available
 missing = [a for a in ALIASES.values() if not alias_available(a)]
 missing += [r for r in RECIPES if not recipe_available(r)]
+from tunelab.assets import package_dir
+missing += [] if package_dir("chitchat_dataset") else ["chitchat-dataset (retention suite)"]
 assert not missing, f"embedded assets missing after set-up: {missing}"
 PY
 echo "$KEY" > "$STAMP"

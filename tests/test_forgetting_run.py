@@ -180,3 +180,27 @@ def test_replay_with_a_classifier_head_is_refused(tmp_path, tiny_model_dir, sent
                forgetting={"suite": "none", "mitigations": {"replay": {}}})  # fmt: skip
     with pytest.raises(ForgettingError, match="replay"):
         run_pipeline(parse_config(raw))
+
+
+def test_si_second_round_protects_the_first(tmp_path, tiny_model_dir, sentiment_file):
+    """Round 1 (full FT, SI) leaves importances next to its model; round 2 starts from that
+    model and reads them: it matches every parameter of round 1."""
+    round1 = parse_config(
+        _cfg(tmp_path, tiny_model_dir, sentiment_file, "r1", method={"kind": "full"},
+             forgetting={"suite": "none", "mitigations": {"si": {"general_steps": 2}}})
+    )  # fmt: skip
+    first = run_pipeline(round1, stages=Stages(base_eval=False, tuned_eval=False))
+    assert first["mitigations"]["used"] == ["si"]
+    model1 = round1.run_dir / "model"
+    si = {"general_steps": 0, "previous": str(model1)}
+    raw = _cfg(tmp_path, tiny_model_dir, sentiment_file, "r2", method={"kind": "full"},
+               forgetting={"suite": "none", "mitigations": {"si": si}})  # fmt: skip
+    raw["model"]["base"] = str(model1)  # round 2 starts where round 1 ended
+    raw["train"]["log_every"] = 1
+    second = run_pipeline(parse_config(raw), stages=Stages(base_eval=False, tuned_eval=False))
+    importances = load_file(model1 / "si_importance.safetensors")
+    assert second["mitigations"]["si_matched_previous"] == len(importances) > 0
+    # with no consolidation path of its own, round 2's penalty comes from round 1 only
+    lines = [json.loads(x) for x in (tmp_path / "r2" / "tiny" / "metrics.jsonl").read_text()
+             .splitlines() if '"loss"' in x]  # fmt: skip
+    assert lines[0]["penalty.si"] == 0.0 and lines[-1]["penalty.si"] > 0.0

@@ -67,13 +67,13 @@ def bench_eval(
     return {
         "examples": n,
         "label_scoring": {
-            "seconds": round(scored_seconds, 3),
+            "seconds": round(scored_seconds, 6),
             "examples_per_second": round(n / scored_seconds, 2),
             "accuracy": sum(p == g for p, g in zip(scored, gold, strict=True)) / n,
             "batch_size": batch_size,
         },
         "generate_loop": {
-            "seconds": round(generate_seconds, 3),
+            "seconds": round(generate_seconds, 6),
             "examples_per_second": round(n / generate_seconds, 2),
             "accuracy": sum(p == g for p, g in zip(generated, gold, strict=True)) / n,
             "unparseable": sum(p is None for p in generated),

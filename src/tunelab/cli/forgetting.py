@@ -44,6 +44,15 @@ def measure(
             "(suite, sets, threshold); default: the packaged quickstart's.",
         ),
     ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            "-b",
+            help="Compare with this base instead of the one MODEL "
+            "was trained from (an alias, folder, .gguf or hub id).",
+        ),
+    ] = None,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the report here.")] = None,
 ) -> None:
@@ -58,7 +67,7 @@ def measure(
         )
     cfg = get_config(config, set_)
     tuned, tokenizer, info = load_trained(model)
-    cfg.model.base = info["base"]
+    cfg.model.base = base or info["base"]
     precision = resolve_precision(cfg.train.precision, next(tuned.parameters()).device)
     settings = forgetting.suite_settings(cfg, precision)
     with tempfile.TemporaryDirectory() as work:
@@ -80,10 +89,14 @@ def print_report(report: dict[str, Any]) -> None:
     table = Table(title="retention: base vs fine-tuned (95% bootstrap intervals)")
     for name in rows[0]:
         table.add_column(name)
-    for row in rows[1:]:
+    for row in rows[1:-1]:  # the last row is the score, printed below in full
         table.add_row(*row)
     console.print(table)
-    console.print("1.0 = nothing lost; * marks a delta whose 95% interval excludes 0")
+    lo, hi = (_fmt(x) for x in report["retention_ci95"])
+    console.print(
+        f"retention score [bold]{_fmt(report['retention_score'])}[/] [{lo}, {hi}] "
+        "(1.0 = nothing lost; * marks a delta whose 95% interval excludes 0)"
+    )
     for note in report.get("notes", []):
         console.print(f"note: {note}")
 
