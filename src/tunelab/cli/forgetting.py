@@ -73,10 +73,10 @@ def measure(
     with tempfile.TemporaryDirectory() as work:
         probes = forgetting.build_probes(cfg, tokenizer, settings, Path(work))
     console.print(f"retention of [bold]{model}[/] against [bold]{cfg.model.base}[/]")
-    base, cached = forgetting.base_measurement(
+    reference, cached = forgetting.base_measurement(
         cfg, TaskModel(load_base(cfg.model.base), "lm"), tokenizer, probes, settings
     )
-    report = forgetting.tuned_report(cfg, tuned, tokenizer, probes, settings, base)
+    report = forgetting.tuned_report(cfg, tuned, tokenizer, probes, settings, reference)
     report["base_cached"] = cached
     print_report(report)
     if out is not None:
