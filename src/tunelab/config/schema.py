@@ -185,10 +185,9 @@ class AnonymizeConfig(_Section):
         return self
 
 
-class TaskConfig(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
-        description="Task name (data card, per-task evaluation)."
-    )
+class _Dataset(_Section):
+    """What a task and a retention set share: a named source and how to read it."""
+
     source: str | list[str] = Field(description="Like `data.source`, for this task.")
     format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
         "auto", description="Like `data.format`."
@@ -200,6 +199,12 @@ class TaskConfig(_Section):
     )
     template: str | list[str] | None = Field(None, description="Like `data.template`.")
     system_prompt: str | None = Field(None, description="Like `data.system_prompt`.")
+
+
+class TaskConfig(_Dataset):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="Task name (data card, per-task evaluation)."
+    )
     weight: float = Field(
         1.0, gt=0, description="Share of the training mixture (`mixing: weights`)."
     )
@@ -552,21 +557,10 @@ class MitigationsConfig(_Section):
     )
 
 
-class RetentionSetConfig(_Section):
+class RetentionSetConfig(_Dataset):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         description="Probe name in reports."
     )
-    source: str | list[str] = Field(description="Like `data.source`.")
-    format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
-        "auto", description="Like `data.format`."
-    )
-    columns: dict[str, str] = Field(default_factory=dict, description="Like `data.columns`.")
-    labels: list[str] | None = Field(None, description="Like `data.labels`.")
-    label_words: dict[str, str] = Field(
-        default_factory=dict, description="Like `data.label_words`."
-    )
-    template: str | None = Field(None, description="Like `data.template`.")
-    system_prompt: str | None = Field(None, description="Like `data.system_prompt`.")
     metric: Literal["auto", "nll", "accuracy", "rougeL", "exact_match", "match_f1"] = Field(
         "auto",
         description="How each example is scored: `auto` is accuracy for classification, "

@@ -73,7 +73,8 @@ def build_probes(cfg: Config, tokenizer: Any, settings: SuiteSettings, work: Pat
             DataSpec.single(
                 s.source, format=s.format, columns=dict(s.columns),
                 labels=tuple(s.labels) if s.labels else None, label_words=dict(s.label_words),
-                templates=(s.template,) if s.template else (), system_prompt=s.system_prompt,
+                templates=(s.template,) if isinstance(s.template, str) else tuple(s.template or ()),
+                system_prompt=s.system_prompt,
                 clean=CleanSpec(near_threshold=None), anonymize=None,
                 split=SplitSpec(method="random", val=0, test=0, seed=cfg.train.seed),
             ),
