@@ -32,9 +32,11 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir, sentiment_fi
     result = runner.invoke(app, ["run", str(_write(tmp_path, cfg))])
     assert result.exit_code == 0, result.output
     assert "base (zero-shot) vs fine-tuned" in result.output
+    assert "retention score" in result.output  # the retention suite runs in every run
     run = tmp_path / "runs" / "tiny"
     for name in [
         "config.resolved.yaml",
+        "forgetting.json",
         "metrics.jsonl",
         "results.json",
         "data/data_card.json",

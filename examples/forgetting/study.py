@@ -107,12 +107,15 @@ def sweep_rows(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
     probes = sorted({p for r in rows.values() for p in r["probes"]})
-    head = ["run", "test acc", "retention [95% CI]", *probes]
+    head = ["run", "test acc", "retention [95% CI]", *probes, "train s", "peak RSS GiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         lo, hi = r["retention_ci95"]
         cells = [name, f"{r['accuracy']:.3f}", f"{r['retention']:.3f} [{lo:.3f}, {hi:.3f}]"]
         cells += [_fmt(r["probes"].get(p)) for p in probes]
+        seconds, rss = r.get("train_seconds"), r.get("peak_rss_mb")
+        cells += ["-" if seconds is None else f"{seconds:.0f}",
+                  "-" if rss is None else f"{rss / 1024:.1f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

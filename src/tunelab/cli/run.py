@@ -9,6 +9,7 @@ from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
+from tunelab.cli.forgetting import print_report
 from tunelab.workflow import run_pipeline
 
 
@@ -48,6 +49,8 @@ def print_summary(results: dict[str, Any]) -> None:
         )
         table.add_row(key, _fmt(b), _fmt(t), change)
     console.print(table)
+    if "forgetting" in results:
+        print_report(results["forgetting"])
     training = results.get("training")
     if training:
         console.print(
