@@ -21,6 +21,7 @@ from tunelab.config import load_config
 from tunelab.workflow import run_pipeline
 
 HERE = Path(__file__).resolve().parent
+FINE_ALPHAS = ["--set", "forgetting.sweep.alphas=[0.05, 0.1]"]
 CONFIG = HERE / "naive.yaml"
 
 # name -> overrides of naive.yaml (each mitigation alone, then LoRA)
@@ -55,22 +56,16 @@ def main() -> None:
         rows[name] = summarise(json.loads(done.read_text()), overrides)
     if not args.only or "wise" in args.only:
         naive = load_config(CONFIG, ["name=forgetting-naive"]).run_dir
-        sweep = naive / "forgetting_sweep.json"
-        if not sweep.is_file():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tunelab.cli.main",
-                    "forgetting",
-                    "sweep",
-                    str(CONFIG),
-                    "--set",
-                    "name=forgetting-naive",
-                ],
-                check=True,
-            )
-        rows.update(sweep_rows(json.loads(sweep.read_text())))
+        # the alphas of naive.yaml, then a finer look below the first of them
+        for name, extra in (("forgetting_sweep.json", []),
+                            ("forgetting_sweep_fine.json", FINE_ALPHAS)):  # fmt: skip
+            sweep = naive / name
+            if not sweep.is_file():
+                command = [sys.executable, "-m", "tunelab.cli.main", "forgetting", "sweep",
+                           str(CONFIG), "--set", "name=forgetting-naive", *extra,
+                           "--out", str(sweep)]  # fmt: skip
+                subprocess.run(command, check=True)
+            rows.update(sweep_rows(json.loads(sweep.read_text())))
     out = load_config(CONFIG, []).output_dir
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     (out / "study.md").write_text(table(rows))
@@ -87,7 +82,7 @@ def summarise(results: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         "retention_ci95": f["retention_ci95"],
         "probes": {k: p["retention"] for k, p in f["probes"].items()},
         "train_seconds": results["training"]["seconds"],
-        "peak_rss_mb": results["peak_rss_mb"],
+        # every variant runs in this one process: ru_maxrss is the largest so far, not this run's
     }
 
 
@@ -95,8 +90,7 @@ def sweep_rows(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for r in sweep["rows"]:
         out[f"wise a={r['alpha']:.2f}"] = {
-            "setting": f"forgetting sweep, alpha {r['alpha']}"
-            + (" (chosen)" if r["alpha"] == sweep["chosen_alpha"] else ""),
+            "setting": f"forgetting sweep, alpha {r['alpha']}",
             "accuracy": r["metrics"]["accuracy"],
             "retention": r["retention_score"],
             "retention_ci95": r["retention_ci95"],
@@ -107,15 +101,14 @@ def sweep_rows(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
     probes = sorted({p for r in rows.values() for p in r["probes"]})
-    head = ["run", "test acc", "retention [95% CI]", *probes, "train s", "peak RSS GiB"]
+    head = ["run", "test acc", "retention [95% CI]", *probes, "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         lo, hi = r["retention_ci95"]
         cells = [name, f"{r['accuracy']:.3f}", f"{r['retention']:.3f} [{lo:.3f}, {hi:.3f}]"]
         cells += [_fmt(r["probes"].get(p)) for p in probes]
-        seconds, rss = r.get("train_seconds"), r.get("peak_rss_mb")
-        cells += ["-" if seconds is None else f"{seconds:.0f}",
-                  "-" if rss is None else f"{rss / 1024:.1f}"]  # fmt: skip
+        seconds = r.get("train_seconds")
+        cells.append("-" if seconds is None else f"{seconds:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

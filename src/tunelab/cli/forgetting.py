@@ -108,6 +108,12 @@ def sweep(
     save: Annotated[
         bool, typer.Option("--save", help="Save the chosen mix to <run>/model-wise.")
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the table (default <run>/forgetting_sweep.json)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate WiSE mixes of a finished run's best checkpoint with its start (task metric
     and retention for each alpha in forgetting.sweep.alphas) and choose one by the rule."""
@@ -151,7 +157,7 @@ def sweep(
     chosen = choose_alpha(rows, cfg.forgetting.sweep.min_retention)
     summary = {"best_checkpoint": best, "min_retention": cfg.forgetting.sweep.min_retention,
                "chosen_alpha": chosen["alpha"], "rows": rows}  # fmt: skip
-    write_json(cfg.run_dir / "forgetting_sweep.json", summary)
+    write_json(out or cfg.run_dir / "forgetting_sweep.json", summary)
     _print_sweep(rows, chosen["alpha"])
     if save:
         model.load_trainable_state(trained)
