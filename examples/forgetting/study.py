@@ -22,6 +22,11 @@ from tunelab.workflow import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 FINE_ALPHAS = ["--set", "forgetting.sweep.alphas=[0.05, 0.1]"]
+# mitigated runs that are also mixed with their start (WiSE composed with kd / LoRA)
+COMPOSED = {
+    "kd": ["--set", "forgetting.sweep.alphas=[0.5, 0.75]"],
+    "lora": ["--set", "forgetting.sweep.alphas=[0.25, 0.5]"],
+}
 CONFIG = HERE / "naive.yaml"
 
 # name -> overrides of naive.yaml (each mitigation alone, then LoRA)
@@ -34,6 +39,10 @@ VARIANTS: dict[str, list[str]] = {
     "si": ["forgetting.mitigations.si.strength=1.0"],
     "l2sp": ["forgetting.mitigations.l2sp.strength=1.0"],
 }
+
+
+VARIANT_SETS = {name: [x for o in overrides for x in ("--set", o)]
+                for name, overrides in VARIANTS.items()}  # fmt: skip
 
 
 def main() -> None:
@@ -66,6 +75,18 @@ def main() -> None:
                            "--out", str(sweep)]  # fmt: skip
                 subprocess.run(command, check=True)
             rows.update(sweep_rows(json.loads(sweep.read_text())))
+    # WiSE on top of a mitigated run (the sweeps named in COMPOSED), where they were run
+    for name, extra in COMPOSED.items():
+        run = load_config(CONFIG, [f"name=forgetting-{name}"]).run_dir
+        sweep = run / "forgetting_sweep.json"
+        if (run / "results.json").is_file() and not sweep.is_file():
+            command = [sys.executable, "-m", "tunelab.cli.main", "forgetting", "sweep",
+                       str(CONFIG), "--set", f"name=forgetting-{name}", *VARIANT_SETS[name],
+                       *extra, "--out", str(sweep)]  # fmt: skip
+            subprocess.run(command, check=True)
+        if sweep.is_file():
+            for key, row in sweep_rows(json.loads(sweep.read_text())).items():
+                rows[f"{name} + {key}"] = row
     out = load_config(CONFIG, []).output_dir
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     (out / "study.md").write_text(table(rows))
