@@ -132,14 +132,14 @@ def test_retention_suite_on_the_real_model(tok):
                                   if p.requires_grad})  # fmt: skip
     (kd,) = build_mitigations({"kd": {"strength": 1.0}})
     kd.prepare(lora, ctx)
-    assert float(kd.penalty(lora, 0)) == pytest.approx(0.0, abs=1e-6)  # B = 0: student = teacher
+    assert kd.penalty(lora, 0).item() == pytest.approx(0.0, abs=1e-6)  # B = 0: student = teacher
     opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
         loss, n = batch_loss(lora, collate(general[:2], tok.pad_token_id))
         (loss / n).backward()
         opt.step()
         opt.zero_grad()
-    assert float(kd.penalty(lora, 2)) > 0.0
+    assert kd.penalty(lora, 2).item() > 0.0
 
 
 def _general(n: int):
