@@ -204,3 +204,16 @@ def test_si_second_round_protects_the_first(tmp_path, tiny_model_dir, sentiment_
     lines = [json.loads(x) for x in (tmp_path / "r2" / "tiny" / "metrics.jsonl").read_text()
              .splitlines() if '"loss"' in x]  # fmt: skip
     assert lines[0]["penalty.si"] == 0.0 and lines[-1]["penalty.si"] > 0.0
+
+
+def test_a_rerun_without_si_leaves_no_stale_importances(tmp_path, tiny_model_dir, sentiment_file):
+    sections = dict(method={"kind": "full"}, eval={"base": False})
+    si = {"suite": "none", "mitigations": {"si": {"general_steps": 1}}}
+    with_si = _cfg(tmp_path, tiny_model_dir, sentiment_file, "again", **sections, forgetting=si)
+    run_pipeline(parse_config(with_si), stages=Stages(base_eval=False, tuned_eval=False))
+    model = tmp_path / "again" / "tiny" / "model"
+    assert (model / "si_importance.safetensors").is_file()
+    without = _cfg(tmp_path, tiny_model_dir, sentiment_file, "again", **sections,
+                   forgetting={"suite": "none", "mitigations": {"l2sp": {}}})  # fmt: skip
+    run_pipeline(parse_config(without), stages=Stages(base_eval=False, tuned_eval=False))
+    assert not (model / "si_importance.safetensors").exists()

@@ -358,6 +358,7 @@ def run_pipeline(
             trainable = load_weights(run_dir / "checkpoints" / best)
             model.load_trainable_state(trainable)
         staged = run_dir / "forgetting" / "model-files"  # files mitigations add to model/
+        shutil.rmtree(staged, ignore_errors=True)  # none left over from an earlier attempt
         facts: dict[str, Any] = {}
         for m in mitigations:
             facts.update(m.finish(model, staged))
