@@ -89,9 +89,6 @@ class Mitigation:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
-
     def train_examples(self, train: list[Encoded], ctx: Context) -> list[Encoded]:
         return train
 

@@ -93,7 +93,6 @@ class EWC(Mitigation):
     name = "ewc"
 
     def __init__(self, strength: float = 1.0, samples: int = 64, normalize: bool = True) -> None:
-        super().__init__(strength=strength, samples=samples, normalize=normalize)
         check_options(
             self.name,
             [

@@ -96,7 +96,6 @@ class KD(Mitigation):
     def __init__(
         self, strength: float = 1.0, temperature: float = 1.0, batch_size: int | None = None
     ) -> None:
-        super().__init__(strength=strength, temperature=temperature, batch_size=batch_size)
         check_options(
             self.name,
             [

@@ -76,7 +76,6 @@ class L2SP(Mitigation):
     name = "l2sp"
 
     def __init__(self, strength: float = 1.0) -> None:
-        super().__init__(strength=strength)
         check_options(self.name, [("strength", strength, is_number(strength, low=0), ">= 0")])
         self.strength = float(strength)
         self.anchor: dict[str, torch.Tensor] = {}

@@ -38,7 +38,6 @@ class Replay(Mitigation):
     name = "replay"
 
     def __init__(self, ratio: float = 0.2) -> None:
-        super().__init__(ratio=ratio)
         check_options(
             self.name,
             [("ratio", ratio, is_number(ratio) and 0 < ratio < 1, "between 0 and 1, e.g. 0.2")],

@@ -119,10 +119,6 @@ class SI(Mitigation):
         normalize: bool = True,
         previous: str | None = None,
     ) -> None:
-        super().__init__(
-            strength=strength, damping=damping, general_steps=general_steps,
-            normalize=normalize, previous=previous,
-        )  # fmt: skip
         check_options(
             self.name,
             [

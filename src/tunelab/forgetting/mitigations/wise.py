@@ -59,7 +59,6 @@ class WiSE(Mitigation):
     name = "wise"
 
     def __init__(self, alpha: float = 0.5) -> None:
-        super().__init__(alpha=alpha)
         check_options(self.name, [("alpha", alpha, is_number(alpha, low=0, high=1), "in [0, 1]")])
         self.alpha = float(alpha)
         self.anchor: dict[str, torch.Tensor] = {}
