@@ -16,7 +16,7 @@ import torch
 
 from tunelab.config import Config
 from tunelab.data.ingest import CleanSpec
-from tunelab.data.prepare import DataSpec, SplitSpec, prepare
+from tunelab.data.prepare import DataSpec, Prepared, SplitSpec, prepare
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode
 from tunelab.data.types import Example
 from tunelab.errors import ForgettingError
@@ -69,17 +69,12 @@ def build_probes(cfg: Config, tokenizer: Any, settings: SuiteSettings, work: Pat
     chat = cfg.model.use_chat_template
     probes = general_suite(tokenizer, settings, use_chat_template=chat) if f.suite != "none" else []
     for s in f.sets:
-        prep = prepare(
-            DataSpec.single(
-                s.source, format=s.format, columns=dict(s.columns),
-                labels=tuple(s.labels) if s.labels else None, label_words=dict(s.label_words),
-                templates=(s.template,) if isinstance(s.template, str) else tuple(s.template or ()),
-                system_prompt=s.system_prompt,
-                clean=CleanSpec(near_threshold=None), anonymize=None,
-                split=SplitSpec(method="random", val=0, test=0, seed=cfg.train.seed),
-            ),
-            work / "sets" / s.name,
-            tokenizer=tokenizer,
+        prep = _read_whole(
+            s.source, work / "sets" / s.name, tokenizer, seed=cfg.train.seed,
+            format=s.format, columns=dict(s.columns),
+            labels=tuple(s.labels) if s.labels else None, label_words=dict(s.label_words),
+            templates=(s.template,) if isinstance(s.template, str) else tuple(s.template or ()),
+            system_prompt=s.system_prompt,
         )  # fmt: skip
         examples = prep.splits["train"]  # user_probe takes a seeded sample of max_examples
         metric = s.metric
@@ -94,6 +89,18 @@ def build_probes(cfg: Config, tokenizer: Any, settings: SuiteSettings, work: Pat
             )
         )  # fmt: skip
     return probes
+
+
+def _read_whole(
+    source: str | list[str], folder: Path, tokenizer: Any, *, seed: int, **task: Any
+) -> Prepared:
+    """Every row of ``source`` through the data stage (validation, cleaning, exact dedupe;
+    no anonymisation, no near dedupe, no split): all of it lands in ``splits["train"]``."""
+    spec = DataSpec.single(
+        source, **task, clean=CleanSpec(near_threshold=None), anonymize=None,
+        split=SplitSpec(method="random", val=0, test=0, seed=seed),
+    )  # fmt: skip
+    return prepare(spec, folder, tokenizer=tokenizer)
 
 
 def lm_view(model: TaskModel) -> TaskModel:
@@ -178,12 +185,7 @@ def mitigation_context(cfg: Config, tokenizer: Any, precision: str, work: Path) 
     source = (m.replay.source if m.replay else None) or (m.kd.source if m.kd else None)
     replay = None
     if source is not None:
-        prep = prepare(
-            DataSpec.single(source, clean=CleanSpec(near_threshold=None), anonymize=None,
-                            split=SplitSpec(method="random", val=0, test=0, seed=0)),
-            work / "replay",
-            tokenizer=tokenizer,
-        )  # fmt: skip
+        prep = _read_whole(source, work / "replay", tokenizer, seed=0)
         if prep.labels:
             raise ForgettingError(
                 f"the replay/kd source {source!r} is classification data",
