@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluation.metrics import METRICS, compute_metrics, get_metric, perplexity
@@ -50,6 +57,30 @@ def test_per_class_scores_and_confusion_matrix() -> None:
         {"precision": 1 / 3, "recall": 1 / 3, "f1": 1 / 3, "support": 3}
     )
     assert result["confusion_matrix"] == {"labels": LABELS, "matrix": MATRIX}
+
+
+def test_f1_on_a_larger_random_case_matches_sklearn() -> None:
+    rng = random.Random(0)
+    labels = ["a", "b", "c", "d", "e"]  # "e" never occurs: a zero row and column
+    refs = [rng.choice(labels[:4]) for _ in range(300)]
+    preds = [r if rng.random() < 0.6 else rng.choice([*labels, "other"]) for r in refs]
+    result = get_metric("f1").compute(preds, refs, labels)
+    for average in ("macro", "micro"):
+        expected = f1_score(refs, preds, labels=labels, average=average, zero_division=0)
+        assert result[f"f1_{average}"] == pytest.approx(expected)
+
+
+def test_confusion_matrix_metric_matches_sklearn() -> None:
+    preds = [*PREDS, "maybe"]  # out of the labels: no column, as in sklearn with labels=
+    refs = [*REFS, "neu"]
+    result = get_metric("confusion_matrix").compute(preds, refs, LABELS)
+    expected = confusion_matrix(refs, preds, labels=LABELS).tolist()
+    assert result == {"confusion_matrix": {"labels": LABELS, "matrix": expected}}
+    assert expected == MATRIX  # the extra example adds to no cell
+    assert (
+        result["confusion_matrix"]
+        == get_metric("f1").compute(preds, refs, LABELS)["confusion_matrix"]
+    )
 
 
 def test_macro_precision_and_recall_hand_computed_and_sklearn() -> None:
@@ -102,17 +133,50 @@ def test_bleu_matches_sacrebleu() -> None:
     assert get_metric("bleu").compute(refs, refs)["bleu"] == pytest.approx(100.0)
 
 
+def test_chrf_matches_sacrebleu() -> None:
+    refs = ["the cat sat on the mat today", "a quick brown fox jumps over the dog"]
+    preds = ["the cat sat on a mat today", "a quick brown fox jumped over the lazy dog"]
+    expected = sacrebleu.corpus_chrf(preds, [refs]).score
+    assert get_metric("chrf").compute(preds, refs) == {"chrf": expected}
+    assert 0 < expected < 100
+    assert get_metric("chrf").compute(refs, refs)["chrf"] == pytest.approx(100.0)
+
+
 def test_rouge_hand_computed_and_rouge_score() -> None:
     # hand: 3 of 6 reference unigrams, 2 of 5 bigrams, LCS 3 -> F = 2/3, 4/7, 2/3
     result = get_metric("rouge").compute(["the cat sat"], ["the cat sat on the mat"])
-    assert result == pytest.approx({"rouge1": 2 / 3, "rouge2": 4 / 7, "rougeL": 2 / 3})
+    # one line: the summary-level LCS is the LCS, so rougeLsum = rougeL
+    expected = {"rouge1": 2 / 3, "rouge2": 4 / 7, "rougeL": 2 / 3, "rougeLsum": 2 / 3}
+    assert result == pytest.approx(expected)
 
-    preds = ["the cats are running home", "dogs bark loudly at night"]
-    refs = ["the cat is running home", "a dog barked at night"]
-    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    preds = ["the cats are running home", "dogs bark loudly at night", "Generalizations abound"]
+    refs = ["the cat is running home", "a dog barked at night", "generalized abounding"]
+    assert get_metric("rouge").compute(preds, refs) == pytest.approx(_rouge_score(preds, refs))
+
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def _rouge_score(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """The reference: rouge-score's own scorer and tokenizer, averaged over examples."""
+    scorer = RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     scores = [scorer.score(r, p) for p, r in zip(preds, refs, strict=True)]
-    expected = {k: sum(s[k].fmeasure for s in scores) / 2 for k in ("rouge1", "rouge2", "rougeL")}
-    assert get_metric("rouge").compute(preds, refs) == pytest.approx(expected)
+    return {k: sum(s[k].fmeasure for s in scores) / len(scores) for k in ROUGE_KEYS}
+
+
+def test_rouge_lsum_splits_on_newlines() -> None:
+    # Two sentences in swapped order: the whole-text LCS can follow only one of them, the
+    # summary-level LCS matches each reference sentence against every predicted sentence.
+    refs = ["the cat sat on the mat\nthe dog ran in the park"]
+    preds = ["the dog ran in the park\nthe cat sat on the mat"]
+    result = get_metric("rouge").compute(preds, refs)
+    assert result == pytest.approx(_rouge_score(preds, refs))
+    assert result["rougeLsum"] == pytest.approx(1.0)  # hand: every sentence recovered whole
+    assert result["rougeL"] == pytest.approx(6 / 12)  # hand: LCS is one 6-token sentence
+    assert result["rougeLsum"] != pytest.approx(result["rougeL"])
+    one_line = [[text.replace("\n", " ") for text in texts] for texts in (preds, refs)]
+    flat = get_metric("rouge").compute(*one_line)
+    assert flat["rougeLsum"] == pytest.approx(flat["rougeL"])  # one line: nothing to split
 
 
 def test_perplexity() -> None:
@@ -127,7 +191,8 @@ def test_perplexity() -> None:
 # --- registry contract: every registered metric, no per-metric code ---
 
 PERFECT = ["the cat sat on the mat", "a dog ran in the park", "the cat sat on the mat"]
-MAXIMUM = {"bleu": 100.0}  # every other top-level score is on a 0-1 scale
+MAXIMUM = {"bleu": 100.0, "chrf": 100.0}  # every other top-level score is on a 0-1 scale
+NO_SCALAR = {"confusion_matrix"}  # metrics whose output is a table only
 
 
 @pytest.mark.parametrize("key", sorted(METRICS))
@@ -137,8 +202,9 @@ def test_registry_contract(key: str) -> None:
     assert metric.task in ("classification", "generation")
     result = metric.compute(PERFECT, PERFECT, sorted(set(PERFECT)))
     json.dumps(result)  # plain Python values only
+    assert result, f"{key} returned nothing"
     scores = {k: v for k, v in result.items() if isinstance(v, float | int)}
-    assert scores, f"{key} returned no top-level score"
+    assert bool(scores) is (key not in NO_SCALAR), f"{key}: top-level scores {sorted(scores)}"
     for name, value in scores.items():
         assert type(value) is float, name
         assert value == pytest.approx(MAXIMUM.get(key, 1.0)), name

@@ -6,6 +6,9 @@ metric is one new file plus one line in ``METRICS``; the contract tests pick it 
 
 Perplexity needs token log-likelihoods rather than strings, so it is the plain function
 ``perplexity`` instead of a registered ``Metric``.
+
+Bootstrap intervals for the scalar outputs are a separate call,
+``tunelab.evaluation.metrics.intervals.metric_intervals``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from tunelab.errors import ConfigError
 from tunelab.evaluation.metrics._checks import Task
 from tunelab.evaluation.metrics.accuracy import Accuracy
 from tunelab.evaluation.metrics.bleu import Bleu
+from tunelab.evaluation.metrics.chrf import Chrf
+from tunelab.evaluation.metrics.confusion import ConfusionMatrix
 from tunelab.evaluation.metrics.exact_match import ExactMatch
 from tunelab.evaluation.metrics.f1 import F1
 from tunelab.evaluation.metrics.perplexity import perplexity
@@ -53,6 +58,8 @@ METRICS: dict[str, Metric] = {
     "exact_match": ExactMatch(),
     "bleu": Bleu(),
     "rouge": Rouge(),
+    "chrf": Chrf(),
+    "confusion_matrix": ConfusionMatrix(),
 }
 
 

@@ -19,13 +19,22 @@ class Accuracy:
     name = "accuracy"
     task: Task = "classification"
 
+    def per_example(
+        self,
+        predictions: Sequence[str],
+        references: Sequence[str],
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, list[float]]:
+        """``{"accuracy": [1.0 if prediction_i == reference_i else 0.0, ...]}``."""
+        check_inputs(self.name, predictions, references)
+        resolve_labels(self.name, references, labels)
+        return {"accuracy": [float(p == r) for p, r in zip(predictions, references, strict=True)]}
+
     def compute(
         self,
         predictions: Sequence[str],
         references: Sequence[str],
         labels: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        check_inputs(self.name, predictions, references)
-        resolve_labels(self.name, references, labels)
-        correct = sum(p == r for p, r in zip(predictions, references, strict=True))
-        return {"accuracy": correct / len(references)}
+        correct = self.per_example(predictions, references, labels)["accuracy"]
+        return {"accuracy": sum(correct) / len(correct)}

@@ -30,15 +30,26 @@ class ExactMatch:
     def __init__(self, *, case_fold: bool = False) -> None:
         self.case_fold = case_fold
 
+    def per_example(
+        self,
+        predictions: Sequence[str],
+        references: Sequence[str],
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, list[float]]:
+        """``{"exact_match": [1.0 if example i matches else 0.0, ...]}``."""
+        check_inputs(self.name, predictions, references)
+        fold = self.case_fold
+        hits = [
+            float(normalise(p, case_fold=fold) == normalise(r, case_fold=fold))
+            for p, r in zip(predictions, references, strict=True)
+        ]
+        return {"exact_match": hits}
+
     def compute(
         self,
         predictions: Sequence[str],
         references: Sequence[str],
         labels: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        check_inputs(self.name, predictions, references)
-        hits = sum(
-            normalise(p, case_fold=self.case_fold) == normalise(r, case_fold=self.case_fold)
-            for p, r in zip(predictions, references, strict=True)
-        )
-        return {"exact_match": hits / len(references)}
+        hits = self.per_example(predictions, references, labels)["exact_match"]
+        return {"exact_match": sum(hits) / len(hits)}
