@@ -17,6 +17,7 @@ demo: setup
 	$(BIN)/tunelab run examples/quickstart.yaml
 
 test: setup
+	@bash scripts/setup-browser.sh
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy

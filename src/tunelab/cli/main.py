@@ -15,6 +15,7 @@ from tunelab.cli import (
     generate,
     models,
     prepare,
+    report,
     run,
     train,
 )
@@ -56,6 +57,7 @@ app.command("eval")(evaluate.eval_)
 app.command("generate")(generate.generate)
 app.command("models")(models.models)
 app.command("datasets")(datasets.datasets)
+app.command("report")(report.report)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.add_typer(forgetting.app, name="forgetting")
