@@ -1,13 +1,16 @@
 """The stages of a run, wired from the config through small builder functions.
 
-``run`` = prepare → base eval (zero-shot) and base retention suite → train (with the
-forgetting mitigations) → export → eval of the best checkpoint and its retention →
-``results.json``. Each stage is also callable alone (the ``prepare``/``train``/``eval``
+``run`` = prepare → base eval (zero-shot), base few-shot rows of the compare table and
+base retention suite → train (with the forgetting mitigations, task metrics on a val subset
+at each validation) → export → calibration temperature on val → eval of the best
+checkpoint, its compare row and its retention → ``results.json`` → ``report.html`` and the
+tracking summary. Each stage is also callable alone (the ``prepare``/``train``/``eval``
 verbs). Components receive plain values; only the builders here read the config.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tunelab import __version__
+from tunelab import __version__, assess
 from tunelab.config import Config, dump_config
 from tunelab.data.ingest import CleanSpec, TaskSpec
 from tunelab.data.prepare import (
@@ -30,14 +33,19 @@ from tunelab.data.prepare import (
     prepare,
     read_prepared,
 )
+from tunelab.data.split import sample
 from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
-from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate
+from tunelab.errors import ConfigError
+from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate, predict, score
+from tunelab.evaluation.live import ValScorer
 from tunelab.forgetting import runner as forgetting
 from tunelab.models.loading import describe_base, load_base, load_tokenizer
-from tunelab.models.saved import load_trained, save_trained
+from tunelab.models.saved import is_trained_folder, load_trained, save_trained
 from tunelab.models.task_model import TaskModel, build_task_model
+from tunelab.report import build_report, reliability_diagram
 from tunelab.results import peak_rss_mb, write_json
+from tunelab.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.loop import LoopSettings, fit
 from tunelab.training.metrics_log import MetricsLog
@@ -155,6 +163,9 @@ def eval_settings(cfg: Config, precision: str, pad_id: int, classification: bool
         max_new_tokens=cfg.eval.max_new_tokens,
         precision=precision,
         pad_id=pad_id,
+        samples=cfg.eval.samples,
+        bootstrap=cfg.eval.bootstrap,
+        seed=cfg.train.seed,
     )
 
 
@@ -271,10 +282,80 @@ def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test")
     result = evaluate(
         model, env.tokenizer, examples, items, env.ev,
         labels=env.prep.labels, label_ids=env.task.label_ids,
+        temperature=assess.read_temperature(model_path),
     )  # fmt: skip
     result["model"] = str(model_path) if model_path else cfg.model.base
     result["split"] = split
     return result
+
+
+def compare_stage(
+    cfg: Config, model_path: Path | None, *, say: Callable[[str], None] = lambda _m: None
+) -> dict[str, Any]:
+    """The compare table alone: base zero-/k-shot and, when there is one, the fine-tuned
+    model (``model_path``, default the run's ``model/``). Saved as ``<run>/compare.json``
+    and merged into ``results.json`` (and the report) when the run has one."""
+    env = setup(cfg, reuse_data=True, threads=cfg.eval.threads)
+    prep, task = env.prep, env.task
+    scoring: dict[str, Any] = {"labels": prep.labels, "label_ids": task.label_ids}
+    test = task.encoded["test"]
+    base = TaskModel(load_base(cfg.model.base), "lm").to(env.device)
+    rows = assess.base_rows(
+        cfg, base, env.tokenizer, prep.splits, test, env.ev, **scoring, say=say
+    )  # fmt: skip
+    del base
+    folder = model_path if model_path is not None else cfg.run_dir / "model"
+    if is_trained_folder(folder) or is_trained_folder(folder / "model"):
+        say(f"compare: fine-tuned model {folder}")
+        tuned, _tok, _info = load_trained(folder)
+        rows.append(assess.tuned_row(cfg, tuned.to(env.device), env.tokenizer,
+                                     prep.splits["test"], test, env.ev, **scoring))  # fmt: skip
+    table = assess.compare_table(rows, prep.labels is not None)
+    _merge_results(cfg, "compare", table)
+    return table
+
+
+def calibrate_stage(cfg: Config, model_path: Path | None) -> dict[str, Any]:
+    """Fit the temperature of a fine-tuned model (``model_path``, default the run's
+    ``model/``) on val, report ECE/Brier/NLL before and after on test, save the temperature
+    with the model and draw ``<run>/reliability.png``."""
+    folder = model_path if model_path is not None else cfg.run_dir
+    model, tokenizer, _info = load_trained(folder)
+    env = setup(cfg, reuse_data=True, threads=cfg.eval.threads, tokenizer=tokenizer)
+    prep, task = env.prep, env.task
+    if prep.labels is None or task.label_ids is None:
+        raise ConfigError(
+            "calibration needs a task scored by label likelihood (classification labels)",
+            hint="generation tasks have no class probabilities to calibrate",
+        )
+    model = model.to(env.device)
+    test = task.encoded["test"]
+    pred = predict(model, tokenizer, prep.splits["test"], test, env.ev, labels=prep.labels,
+                   label_ids=task.label_ids)  # fmt: skip
+    report = assess.calibrate(
+        cfg, model, tokenizer, (prep.splits["val"], task.encoded["val"]), pred, test, env.ev,
+        labels=prep.labels, label_ids=task.label_ids,
+    )  # fmt: skip
+    model_dir = folder / "model" if is_trained_folder(folder / "model") else folder
+    assess.save_temperature(model_dir, report)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "reliability.png").write_bytes(reliability_diagram(report))
+    _merge_results(cfg, "calibration", report)
+    return report
+
+
+def _merge_results(cfg: Config, key: str, value: dict[str, Any]) -> None:
+    """``<run>/<key>.json``; and ``results.json[key]`` plus the report when they exist."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / f"{key}.json", value)
+    path = run_dir / "results.json"
+    if path.is_file():
+        results = json.loads(path.read_text())
+        results[key] = value
+        write_json(path, results)
+        if cfg.eval.report:
+            build_report(run_dir)
 
 
 def run_pipeline(
@@ -298,6 +379,8 @@ def run_pipeline(
     precision = env.precision
     say(f"data: {prep.card['format_note']}; splits {prep.card['splits']}")
     mitigations = forgetting.build_mitigations(cfg) if stages.train else []  # config errors first
+    calibrating = stages.tuned_eval and assess.calibration_wanted(cfg, prep.labels)
+    sink = _mlflow(cfg) if stages.train else None
     lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
     say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
 
@@ -310,13 +393,18 @@ def run_pipeline(
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": str(device), "precision": precision, "threads": env.threads},
     }  # fmt: skip
-    test = task.encoded["test"]
+    test, test_examples = task.encoded["test"], prep.splits["test"]
+    scoring: dict[str, Any] = {"labels": prep.labels, "label_ids": task.label_ids}
+    base_pred = None
     if stages.base_eval and cfg.eval.base and test:
         say(f"evaluating the base model zero-shot on {len(test)} test examples")
-        base_model = TaskModel(lm, "lm")
-        results["base"] = evaluate(
-            base_model, tokenizer, prep.splits["test"], test, ev,
-            labels=prep.labels, label_ids=task.label_ids,
+        base_pred = predict(TaskModel(lm, "lm"), tokenizer, test_examples, test, ev, **scoring)
+        results["base"] = score(base_pred, test_examples, ev, labels=prep.labels)
+    comparing = stages.tuned_eval and cfg.compare.enabled and bool(test)
+    if comparing:  # before training: LoRA and full fine-tuning change `lm` in place
+        rows = assess.base_rows(
+            cfg, TaskModel(lm, "lm"), tokenizer, prep.splits, test, ev, **scoring,
+            base_pred=base_pred, say=say,
         )  # fmt: skip
     retention = stages.tuned_eval and forgetting.enabled(cfg)
     if retention:
@@ -333,8 +421,12 @@ def run_pipeline(
     results["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results["total_params"] = sum(p.numel() for p in model.parameters())
 
+    log: MetricsLog | None = None
     if stages.train:
-        log = MetricsLog(run_dir)
+        log = MetricsLog(run_dir, tensorboard=cfg.tracking.tensorboard,
+                         sinks=(sink,) if sink else ())  # fmt: skip
+        if sink is not None:
+            sink.params(cfg.model_dump(mode="json"))
         say(f"training on {len(task.encoded['train'])} examples")
         val = val_subset(task.encoded["val"], cfg.train.val_max_examples, cfg.train.seed)
         state = fit(
@@ -351,8 +443,8 @@ def run_pipeline(
             ctx=forgetting.mitigation_context(cfg, tokenizer, precision, run_dir / "forgetting")
             if mitigations
             else None,
+            val_metrics=val_scorer(cfg, env, run_dir),
         )
-        log.close()
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
             trainable = load_weights(run_dir / "checkpoints" / best)
@@ -380,10 +472,25 @@ def run_pipeline(
 
     if stages.tuned_eval and test:
         say(f"evaluating the fine-tuned model on {len(test)} test examples")
-        results["tuned"] = evaluate(
-            model, tokenizer, prep.splits["test"], test, ev,
-            labels=prep.labels, label_ids=task.label_ids,
-        )  # fmt: skip
+        tuned_pred = predict(model, tokenizer, test_examples, test, ev, **scoring)
+        temperature = 1.0
+        if calibrating and task.encoded["val"]:
+            say("calibration: fitting a temperature on the val split")
+            calibration = assess.calibrate(
+                cfg, model, tokenizer, (prep.splits["val"], task.encoded["val"]), tuned_pred,
+                test, ev, labels=prep.labels or [], label_ids=task.label_ids or [],
+            )  # fmt: skip
+            temperature = calibration["temperature"]
+            results["calibration"] = calibration
+            if (run_dir / "model").is_dir():
+                assess.save_temperature(run_dir / "model", calibration)
+        results["tuned"] = score(
+            tuned_pred, test_examples, ev, labels=prep.labels, temperature=temperature
+        )
+        if comparing:
+            rows.append(assess.tuned_row(cfg, model, tokenizer, test_examples, test, ev,
+                                         **scoring, tuned_pred=tuned_pred))  # fmt: skip
+            results["compare"] = assess.compare_table(rows, prep.labels is not None)
     if retention:
         say("retention suite on the fine-tuned model")
         report = forgetting.tuned_report(cfg, model, tokenizer, probes, suite, base_retention)
@@ -393,6 +500,49 @@ def run_pipeline(
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["peak_rss_mb"] = peak_rss_mb()
     write_json(run_dir / "results.json", results)
+    finish_outputs(cfg, results, log, sink)
     if retention:
         forgetting.check_retention(results["forgetting"], cfg, run_dir)
     return results
+
+
+def val_scorer(cfg: Config, env: Setup, run_dir: Path) -> ValScorer | None:
+    """The task metrics scored on a val subset during training (``eval.val_examples``)."""
+    n, examples = cfg.eval.val_examples, env.prep.splits["val"]
+    if n == 0 or not examples:
+        return None
+    idx = sample(range(len(examples)), n, cfg.train.seed)
+    return ValScorer(
+        env.tokenizer, [examples[i] for i in idx], [env.task.encoded["val"][i] for i in idx],
+        env.ev, every=cfg.eval.val_every or cfg.train.eval_every,
+        samples_path=run_dir / "val_samples.jsonl",
+        labels=env.prep.labels, label_ids=env.task.label_ids,
+    )  # fmt: skip
+
+
+def _mlflow(cfg: Config) -> MlflowSink | None:
+    t = cfg.tracking
+    if not t.mlflow:
+        return None
+    uri = t.mlflow_uri or f"file:{(cfg.output_dir / 'mlruns').resolve()}"
+    return open_mlflow(uri, t.experiment, cfg.name)
+
+
+def finish_outputs(
+    cfg: Config, results: dict[str, Any], log: MetricsLog | None, sink: MlflowSink | None
+) -> None:
+    """After ``results.json``: the report, the summary scalars, the MLflow artifacts."""
+    run_dir = cfg.run_dir
+    if cfg.eval.report:
+        build_report(run_dir)
+    summary = final_scalars(results)
+    step = int(results.get("training", {}).get("steps") or 0)
+    if log is not None:
+        log.scalars(summary, step)
+        log.close()
+    if sink is not None:
+        if log is None:
+            sink.scalars(summary, step)
+        for name in ("results.json", "report.html", "config.resolved.yaml"):
+            sink.artifact(run_dir / name)
+        sink.close()

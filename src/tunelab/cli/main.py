@@ -9,6 +9,8 @@ import typer
 from tunelab import __version__
 from tunelab.cli import (
     bench,
+    calibrate,
+    compare,
     datasets,
     evaluate,
     forgetting,
@@ -54,6 +56,8 @@ app.command("run")(run.run)
 app.command("prepare")(prepare.prepare)
 app.command("train")(train.train)
 app.command("eval")(evaluate.eval_)
+app.command("compare")(compare.compare)
+app.command("calibrate")(calibrate.calibrate)
 app.command("generate")(generate.generate)
 app.command("models")(models.models)
 app.command("datasets")(datasets.datasets)

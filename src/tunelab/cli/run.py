@@ -9,6 +9,8 @@ from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
+from tunelab.cli.calibrate import print_calibration
+from tunelab.cli.compare import print_compare
 from tunelab.cli.forgetting import print_report
 from tunelab.workflow import run_pipeline
 
@@ -29,7 +31,7 @@ def run(
     except KeyboardInterrupt:
         raise interrupted(cfg, "run", config) from None
     print_summary(results)
-    console.print(f"run folder: [bold]{cfg.run_dir}[/]  (results.json, model/, metrics.jsonl)")
+    console.print(f"run folder: [bold]{cfg.run_dir}[/]  (results.json, report.html, model/)")
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -49,6 +51,10 @@ def print_summary(results: dict[str, Any]) -> None:
         )
         table.add_row(key, _fmt(b), _fmt(t), change)
     console.print(table)
+    if "compare" in results:
+        print_compare(results["compare"])
+    if "calibration" in results:
+        print_calibration(results["calibration"])
     if "forgetting" in results:
         print_report(results["forgetting"])
     training = results.get("training")

@@ -443,6 +443,8 @@ Metric = Literal[
     "exact_match",
     "bleu",
     "rouge",
+    "chrf",
+    "confusion_matrix",
     "perplexity",
 ]
 
@@ -463,6 +465,94 @@ class EvalConfig(_Section):
     threads: int | None = Field(
         None, ge=1, description="CPU threads for evaluation; null uses every core."
     )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples of every metric's 95% interval (over test examples); "
+        "0 turns intervals off.",
+    )
+    samples: int = Field(
+        8,
+        ge=0,
+        description="Predictions kept in results.json and the report (half right, half wrong).",
+    )
+    val_examples: int = Field(
+        32,
+        ge=0,
+        description="During training, this many val examples are decoded (or label-scored) and "
+        "scored with the task metrics at each validation, logged as `val_<metric>` beside "
+        "val_loss, with sample predictions in `val_samples.jsonl`; 0 turns it off.",
+    )
+    val_every: int | None = Field(
+        None,
+        ge=1,
+        description="Steps between those generation metrics; null: at every validation "
+        "(`train.eval_every`). Must be a multiple of `train.eval_every`.",
+    )
+    report: bool = Field(
+        True, description="Write `report.html` (plots inline) into the run folder after a run."
+    )
+
+
+class CompareConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="`run` compares the base model zero-shot and k-shot with the fine-tuned "
+        "model on the test split (the `compare` table).",
+    )
+    shots: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [4],
+        description="k of each few-shot row (demonstrations drawn from the train split).",
+    )
+    selection: Literal["random", "similar"] = Field(
+        "random",
+        description="How demonstrations are drawn: `random` (seeded; every label shown when k "
+        "allows) or `similar` (the k train examples nearest by TF-IDF cosine, nearest last).",
+    )
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Score the few-shot rows on a seeded sample of this many test examples "
+        "(k-shot prompts are k+1 times longer); null: the whole test split.",
+    )
+    max_length: int = Field(
+        2048,
+        ge=16,
+        description="Token limit of a few-shot prompt; longer ones lose their oldest "
+        "demonstrations' tokens first.",
+    )
+    latency_requests: int = Field(
+        16,
+        ge=0,
+        description="Requests timed one at a time (batch size 1) for the latency column; 0: "
+        "report only the batched time per example.",
+    )
+    seed: int = Field(0, description="Seed of the demonstration draw and the sample.")
+
+
+class CalibrationConfig(_Section):
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Fit a temperature on the val split after training (classification and "
+        "label-scored tasks). `auto`: whenever the task has labels.",
+    )
+    bins: int = Field(15, ge=2, le=100, description="Confidence bins of ECE and the diagram.")
+    max_examples: int | None = Field(
+        512, ge=8, description="Val examples the temperature is fitted on (seeded sample)."
+    )
+
+
+class TrackingConfig(_Section):
+    tensorboard: bool = Field(True, description="TensorBoard event files in `<run>/tensorboard`.")
+    mlflow: bool = Field(
+        False,
+        description="Also log params, every scalar and the report to MLflow (needs `pip "
+        "install tunelab[mlflow]`).",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; null: `file:<output_dir>/mlruns`."
+    )
+    experiment: str = Field("tunelab", description="MLflow experiment name.")
 
 
 class ReplayConfig(_Section):
@@ -644,6 +734,16 @@ class Config(_Section):
         default_factory=ForgettingConfig,
         description="Catastrophic forgetting: what is measured before/after and mitigated.",
     )
+    compare: CompareConfig = Field(
+        default_factory=CompareConfig,
+        description="Base zero-/few-shot vs fine-tuned on the same test split.",
+    )
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Temperature scaling of confidences."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
+    )
 
     @field_validator("output_dir")
     @classmethod
@@ -658,6 +758,16 @@ class Config(_Section):
             raise ValueError(
                 "train.packing packs responses for the LM head; with `method.head: "
                 "classifier` set `train.packing: false`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _val_every_on_validations(self) -> Config:
+        every = self.eval.val_every
+        if every is not None and every % self.train.eval_every:
+            raise ValueError(
+                f"eval.val_every ({every}) must be a multiple of train.eval_every "
+                f"({self.train.eval_every}): generation metrics run at validations"
             )
         return self
 

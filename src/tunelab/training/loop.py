@@ -82,11 +82,14 @@ def fit(
     progress: Callable[[dict[str, Any]], None] | None = None,
     mitigations: Sequence[Mitigation] = (),
     ctx: Context | None = None,
+    val_metrics: Callable[[TaskModel, int], dict[str, float]] | None = None,
 ) -> TrainState:
     """Train ``model`` in place; return the final loop state (best step, why it stopped).
 
     ``mitigations`` (with their ``ctx``) are the forgetting mitigations; their hooks run at
-    the places marked below (see ``forgetting/mitigations/base.py``).
+    the places marked below (see ``forgetting/mitigations/base.py``). ``val_metrics(model,
+    step)`` runs at each validation and returns task-metric scalars (``val_accuracy``...)
+    logged beside the val loss; it decides itself at which steps it scores.
     """
     device = next(model.parameters()).device
     if mitigations:
@@ -199,7 +202,10 @@ def fit(
                     state.stopped = "early_stopping"
                 elif state.step == total:
                     state.stopped = "completed"
-                log.write({"step": state.step, "val_loss": val_loss, "best_val": state.best_val})
+                scalars = val_metrics(model, state.step) if val_metrics is not None else {}
+                model.train()
+                log.write({"step": state.step, "val_loss": val_loss, "best_val": state.best_val,
+                           **scalars})  # fmt: skip
                 if progress is not None:
                     progress({"step": state.step, "total": total, "val_loss": val_loss})
                 save_checkpoint(

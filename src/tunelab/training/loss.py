@@ -8,13 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunelab.data.batching import eval_batches, micro_batches
+from tunelab.data.batching import collate, eval_batches, micro_batches
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.task_model import TaskModel
 from tunelab.training.optim import autocast
 
-__all__ = ["batch_loss", "chunked_cross_entropy", "example_terms", "loss_terms", "mean_loss"]
+__all__ = [
+    "batch_loss",
+    "chunked_cross_entropy",
+    "example_nll",
+    "example_terms",
+    "loss_terms",
+    "mean_loss",
+]
 
 CHUNK = 1024  # rows of logits materialised at once
 
@@ -116,3 +123,33 @@ def mean_loss(
             total, terms = total + loss_sum.item(), terms + n
     model.train(was_training)
     return total / max(terms, 1)
+
+
+@torch.no_grad()
+def example_nll(
+    model: TaskModel, items: Sequence[Encoded], pad_id: int, batch_size: int, precision: str
+) -> tuple[list[float], list[int]]:
+    """Per example: the summed next-token NLL of its response tokens (nats) and their count.
+
+    What perplexity and its bootstrap interval are computed from; the sums over all items
+    equal :func:`mean_loss`'s numerator and denominator (tested).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll, tokens = [0.0] * len(items), [0] * len(items)
+    for idx in eval_batches([e.length for e in items], batch_size):
+        batch = collate([items[i] for i in idx], pad_id)
+        with autocast(precision, device):
+            hidden = model.hidden(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        targets, selected = _targets(batch)
+        selected = selected.to(device)
+        rows = torch.arange(len(idx), device=device)[:, None].expand_as(selected)[selected]
+        logits = model.lm_head(hidden[:, :-1][selected]).float()  # (N, V)
+        per_token = F.cross_entropy(logits, targets.to(device)[selected], reduction="none")
+        sums = torch.zeros(len(idx), device=device).index_add_(0, rows, per_token)
+        counts = selected.sum(dim=1)
+        for j, i in enumerate(idx):
+            nll[i], tokens[i] = float(sums[j]), int(counts[j])
+    model.train(was_training)
+    return nll, tokens

@@ -1,20 +1,30 @@
-"""``metrics.jsonl`` (one JSON object per log line) and TensorBoard scalars."""
+"""``metrics.jsonl`` (one JSON object per log line), TensorBoard scalars, other sinks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "ScalarSink"]
+
+
+class ScalarSink(Protocol):
+    """Somewhere else the scalars go (``tunelab.tracking.MlflowSink``)."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
 
 
 class MetricsLog:
-    """Append-only metrics file plus TensorBoard event files under ``tensorboard/``."""
+    """Append-only metrics file plus TensorBoard event files under ``tensorboard/``, and
+    the same scalars to every ``sinks`` entry."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, *, tensorboard: bool = True, sinks: tuple[ScalarSink, ...] = ()
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sinks = sinks
         self._tb: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -24,11 +34,21 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        step = int(record.get("step", 0))
+        self.scalars(
+            {k: float(v) for k, v in record.items()
+             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)},
+            step,
+        )  # fmt: skip
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars to TensorBoard and the sinks only (not ``metrics.jsonl``): the end-of-run
+        summary of ``results.json``."""
         if self._tb is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and value is not None:
-                    self._tb.add_scalar(key, value, step)
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+        for sink in self.sinks:
+            sink.scalars(values, step)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (a resumed run re-does those steps)."""

@@ -1,0 +1,51 @@
+"""``tunelab compare``: base zero-/few-shot prompting vs the fine-tuned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
+from tunelab.workflow import compare_stage
+
+
+def compare(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="A run or model folder; default: the run's model/."),
+    ] = None,
+) -> None:
+    """Score the base model zero-shot and k-shot (`compare.shots`) and the fine-tuned model
+    on the same test sample: metrics with 95% intervals, prompt tokens, latency, verdict."""
+    cfg = get_config(config, set_)
+    table = compare_stage(cfg, model, say=lambda m: console.print(f"• {m}"))
+    print_compare(table)
+    console.print(f"saved: {cfg.run_dir / 'compare.json'}")
+
+
+def print_compare(table: dict[str, Any]) -> None:
+    primary = table["primary"]
+    rows = table["rows"]
+    names = [k for k in rows[0]["metrics"] if k != primary] if rows else []
+    out = Table(title=f"compare on {table['n']} test examples (95% intervals)")
+    out.add_column("approach")
+    out.add_column(primary, justify="right")
+    for name in names:
+        out.add_column(name, justify="right")
+    out.add_column("prompt tokens", justify="right")
+    out.add_column("ms/request", justify="right")
+    for r in rows:
+        ci = r["ci95"].get(primary)
+        main = f"{r['metrics'][primary]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        latency = r["latency_ms"] if r["latency_ms"] is not None else r["ms_per_example"]
+        out.add_row(
+            r["name"], main, *(f"{r['metrics'].get(n, float('nan')):.3f}" for n in names),
+            f"{r['prompt_tokens']:.0f}", f"{latency:.0f}",
+        )  # fmt: skip
+    console.print(out)
+    console.print(f"[bold]{table['conclusion']}[/]")
