@@ -15,10 +15,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import tiny_config
 from tunelab.cli.main import app
+from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.report import build_report, compare_chart, loss_curves, reliability_diagram
+from tunelab.report.plots import generation_metric_keys
 from tunelab.report.sections import SECTIONS
+from tunelab.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -388,15 +392,15 @@ def _chrome_or_skip() -> tuple[str, str]:
     pytest.skip(f"{missing} not installed (run `sudo bash scripts/setup-browser.sh`)")
 
 
-@pytest.mark.browser
-def test_report_renders_in_headless_chromium(run_dir, monkeypatch):
+def _check_in_chromium(page: Path, title: str, images: int, screenshot: str) -> str:
+    """Open ``page`` in headless Chromium; check the title, that ``images`` images load, that
+    every section heading shows and the console has no error; save a full-page screenshot.
+    Returns the predictions section's text."""
     chromium, driver_path = _chrome_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never go to the network
-    page = build_report(run_dir)
     options = webdriver.ChromeOptions()
     for arg in [
         "--headless=new",
@@ -413,16 +417,15 @@ def test_report_renders_in_headless_chromium(run_dir, monkeypatch):
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
         driver.get(page.as_uri())
-        assert driver.title == "tunelab report: synthetic <run>"
-        images = driver.execute_script(
+        assert driver.title == title
+        loaded = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
         )
-        assert len(images) == 3 and all(ok for _alt, ok in images), images
-        for anchor, title in SECTIONS:
+        assert len(loaded) == images and all(ok for _alt, ok in loaded), loaded
+        for anchor, heading_text in SECTIONS:
             heading = driver.find_element(By.CSS_SELECTOR, f"#{anchor} h2")
-            assert heading.is_displayed() and heading.text == title
-        # the escaped prompt is shown as text, not run
-        assert XSS in driver.find_element(By.ID, "predictions").text
+            assert heading.is_displayed() and heading.text == heading_text
+        predictions = str(driver.find_element(By.ID, "predictions").text)
         severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert severe == [], severe
 
@@ -432,10 +435,43 @@ def test_report_renders_in_headless_chromium(run_dir, monkeypatch):
         frame = driver.execute_script("return window.outerHeight - window.innerHeight")
         driver.set_window_size(1280, height + max(0, frame))
         assert driver.execute_script("return window.innerHeight") >= height
-        shot = ROOT / ".artifacts" / "report.png"
+        shot = ROOT / ".artifacts" / screenshot
         shot.parent.mkdir(exist_ok=True)
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes().startswith(PNG_MAGIC)
     finally:
         driver.quit()
     print(f"browser check took {time.perf_counter() - started:.1f} s; screenshot: {shot}")
+    return predictions
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(run_dir, monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never go to the network
+    page = build_report(run_dir)
+    text = _check_in_chromium(page, "tunelab report: synthetic <run>", 3, "report.png")
+    assert XSS in text  # the escaped prompt is shown as text, not run
+
+
+@pytest.mark.browser
+def test_a_real_runs_report_renders_in_headless_chromium(
+    tmp_path, tiny_model_dir, sentiment_file, monkeypatch
+):
+    """The report `tunelab run` itself writes (tiny model, every stage on) renders too."""
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    cfg = tiny_config(tiny_model_dir, sentiment_file, tmp_path / "runs",
+                      compare={"shots": [2], "latency_requests": 1},
+                      forgetting={"max_examples": 8})  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = run_pipeline(load_config(path, []))
+    assert {"compare", "calibration", "forgetting", "training"} <= set(results)
+    page = tmp_path / "runs" / "tiny" / "report.html"
+    text = _check_in_chromium(page, "tunelab report: tiny", 3, "report-tiny-run.png")
+    assert "correct" in text or "wrong" in text
+
+
+def test_only_task_metrics_are_drawn_as_generation_metrics():
+    records = [{"step": 4, "val_loss": 1.0, "val_seconds": 5.1, "val_accuracy": 0.5},
+               {"step": 8, "val_rougeL": 0.3, "loss": 2.0}]  # fmt: skip
+    assert generation_metric_keys(records) == ["val_accuracy", "val_rougeL"]

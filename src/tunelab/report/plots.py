@@ -72,12 +72,16 @@ def loss_curves(records: Iterable[Mapping[str, Any]], best_step: int | None = No
     return _png(fig)
 
 
+NOT_METRICS = {"val_loss", "val_seconds"}
+
+
 def generation_metric_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The numeric ``val_<metric>`` keys other than ``val_loss``, in first-seen order."""
+    """The numeric ``val_<metric>`` keys, in first-seen order; not ``val_loss`` (drawn with
+    the train loss) nor ``val_seconds`` (the time the scoring took, not a metric)."""
     keys: dict[str, None] = {}
     for record in records:
         for key, value in record.items():
-            if key.startswith("val_") and key != "val_loss" and _is_number(value):
+            if key.startswith("val_") and key not in NOT_METRICS and _is_number(value):
                 keys[key] = None
     return list(keys)
 
