@@ -147,3 +147,16 @@ def test_compare_without_a_fine_tuned_model_has_only_base_rows(
     assert [r["name"] for r in table["rows"]] == ["base 0-shot", "base 1-shot", "base 3-shot"]
     assert all(r["n"] == 4 and r["latency_ms"] is None for r in table["rows"])
     assert table["conclusion"] == "no fine-tuned model to compare"
+
+
+def test_a_k_larger_than_the_train_split_is_skipped_with_the_reason(
+    tmp_path, tiny_model_dir, sentiment_file
+):
+    compare = {"shots": [1, 60], "max_examples": 3, "latency_requests": 0}
+    cfg = tiny_config(tiny_model_dir, sentiment_file, tmp_path / "runs", compare=compare)
+    result = runner.invoke(app, ["compare", str(_write(tmp_path, cfg))], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "runs" / "tiny" / "compare.json").read_text())
+    assert [r["name"] for r in table["rows"]] == ["base 0-shot", "base 1-shot"]
+    assert len(table["skipped"]) == 1 and table["skipped"][0].startswith("60-shot: compare.shots")
+    assert "skipped 60-shot" in result.output

@@ -67,6 +67,9 @@ def test_eval_and_calibrate_verbs_use_the_saved_temperature(calibrated_run):
     out = runner.invoke(app, ["eval", str(path), "--model", str(run), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["temperature"] == temperature
+    table = runner.invoke(app, ["eval", str(path), "--model", str(run)], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "95% interval" in table.output and f"temperature {temperature:.3f}" in table.output
 
     (run / "model" / "calibration.json").unlink()
     again = runner.invoke(app, ["calibrate", str(path)])

@@ -429,16 +429,21 @@ def _check_in_chromium(page: Path, title: str, images: int, screenshot: str) -> 
         severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert severe == [], severe
 
-        # a window as tall as the page (plus the window's own frame), so the shot shows it all
+        # the whole page in one image: a viewport as tall as the page, captured through the
+        # DevTools protocol (a window that tall is capped by the headless screen size)
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, height)
-        frame = driver.execute_script("return window.outerHeight - window.innerHeight")
-        driver.set_window_size(1280, height + max(0, frame))
-        assert driver.execute_script("return window.innerHeight") >= height
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         shot = ROOT / ".artifacts" / screenshot
         shot.parent.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(shot))
+        capture = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+        )
+        shot.write_bytes(base64.b64decode(capture["data"]))
         assert shot.read_bytes().startswith(PNG_MAGIC)
+        assert _png_size(shot.read_bytes())[1] >= height
     finally:
         driver.quit()
     print(f"browser check took {time.perf_counter() - started:.1f} s; screenshot: {shot}")

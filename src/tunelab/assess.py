@@ -129,8 +129,9 @@ def base_rows(
     label_ids: Sequence[Sequence[int]] | None,
     base_pred: Predictions | None = None,
     say: Callable[[str], None] = lambda _m: None,
-) -> list[dict[str, Any]]:
-    """The base model's rows: zero-shot, then k-shot for each ``compare.shots``.
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The base model's rows: zero-shot, then k-shot for each ``compare.shots``; and why
+    any k was skipped (a train split with fewer usable demonstrations than k).
 
     Run before training: LoRA and full fine-tuning change the base model in place.
     ``base_pred`` (the base eval's predictions on the whole test split) is reused.
@@ -144,12 +145,18 @@ def base_rows(
                  pred=base_pred and subset(base_pred, idx), kind="base", shots=0)]  # fmt: skip
     formatter = PromptFormatter(tokenizer, cfg.model.use_chat_template)
     pool = [_text(ex) for ex in train]
+    skipped: list[str] = []
     for k in c.shots:
         say(f"compare: base {k}-shot ({c.selection} demonstrations) on {len(idx)} test examples")
-        picks = select_shots(
-            pool, [_text(ex) for ex in examples], k, method=c.selection, seed=c.seed,
-            pool_labels=[str(ex.label) for ex in train] if labels is not None else None,
-        )  # fmt: skip
+        try:
+            picks = select_shots(
+                pool, [_text(ex) for ex in examples], k, method=c.selection, seed=c.seed,
+                pool_labels=[str(ex.label) for ex in train] if labels is not None else None,
+            )  # fmt: skip
+        except ConfigError as exc:  # a train split too small for k: the other rows still count
+            skipped.append(f"{k}-shot: {exc}")
+            say(f"compare: {k}-shot skipped: {exc}")
+            continue
         shot_examples = [
             with_demonstrations(ex, [train[j] for j in pick])
             for ex, pick in zip(examples, picks, strict=True)
@@ -162,7 +169,7 @@ def base_rows(
             _row(cfg, f"base {k}-shot", base, tokenizer, shot_examples, shot_items, s,
                  labels, label_ids, kind="base", shots=k, selection=c.selection)
         )  # fmt: skip
-    return rows
+    return rows, skipped
 
 
 def tuned_row(
@@ -184,11 +191,14 @@ def tuned_row(
                 pred=tuned_pred and subset(tuned_pred, idx), kind="tuned", shots=0)  # fmt: skip
 
 
-def compare_table(rows: list[dict[str, Any]], classification: bool) -> dict[str, Any]:
-    """``results["compare"]``: the rows, the headline metric and the one-sentence verdict."""
+def compare_table(
+    rows: list[dict[str, Any]], classification: bool, skipped: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``results["compare"]``: the rows, the headline metric, the one-sentence verdict and
+    the few-shot rows that could not be built."""
     primary = primary_metric(rows, classification)
     return {"primary": primary, "n": rows[0]["n"] if rows else 0, "rows": rows,
-            "conclusion": conclusion(rows, primary)}  # fmt: skip
+            "conclusion": conclusion(rows, primary), "skipped": list(skipped)}  # fmt: skip
 
 
 def _row(

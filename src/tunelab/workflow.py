@@ -300,7 +300,7 @@ def compare_stage(
     scoring: dict[str, Any] = {"labels": prep.labels, "label_ids": task.label_ids}
     test = task.encoded["test"]
     base = TaskModel(load_base(cfg.model.base), "lm").to(env.device)
-    rows = assess.base_rows(
+    rows, skipped = assess.base_rows(
         cfg, base, env.tokenizer, prep.splits, test, env.ev, **scoring, say=say
     )  # fmt: skip
     del base
@@ -310,7 +310,7 @@ def compare_stage(
         tuned, _tok, _info = load_trained(folder)
         rows.append(assess.tuned_row(cfg, tuned.to(env.device), env.tokenizer,
                                      prep.splits["test"], test, env.ev, **scoring))  # fmt: skip
-    table = assess.compare_table(rows, prep.labels is not None)
+    table = assess.compare_table(rows, prep.labels is not None, skipped)
     _merge_results(cfg, "compare", table)
     return table
 
@@ -402,7 +402,7 @@ def run_pipeline(
         results["base"] = score(base_pred, test_examples, ev, labels=prep.labels)
     comparing = stages.tuned_eval and cfg.compare.enabled and bool(test)
     if comparing:  # before training: LoRA and full fine-tuning change `lm` in place
-        rows = assess.base_rows(
+        rows, skipped = assess.base_rows(
             cfg, TaskModel(lm, "lm"), tokenizer, prep.splits, test, ev, **scoring,
             base_pred=base_pred, say=say,
         )  # fmt: skip
@@ -490,7 +490,7 @@ def run_pipeline(
         if comparing:
             rows.append(assess.tuned_row(cfg, model, tokenizer, test_examples, test, ev,
                                          **scoring, tuned_pred=tuned_pred))  # fmt: skip
-            results["compare"] = assess.compare_table(rows, prep.labels is not None)
+            results["compare"] = assess.compare_table(rows, prep.labels is not None, skipped)
     if retention:
         say("retention suite on the fine-tuned model")
         report = forgetting.tuned_report(cfg, model, tokenizer, probes, suite, base_retention)

@@ -48,4 +48,6 @@ def print_compare(table: dict[str, Any]) -> None:
             f"{r['prompt_tokens']:.0f}", f"{latency:.0f}",
         )  # fmt: skip
     console.print(out)
+    for note in table.get("skipped", []):
+        console.print(f"[yellow]skipped[/] {note}")
     console.print(f"[bold]{table['conclusion']}[/]")

@@ -34,8 +34,12 @@ def eval_(
     table = Table(title=f"{result['model']} on {split} ({result['n']} examples)")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
     for key, value in result["metrics"].items():
         if isinstance(value, int | float):
-            table.add_row(key, f"{value:.4f}")
+            ci = result["ci95"].get(key)
+            table.add_row(key, f"{value:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
     console.print(table)
-    console.print(f"{result['seconds']} s")
+    temperature = result.get("temperature", 1.0)
+    note = f"; confidences at calibration temperature {temperature:.3f}"
+    console.print(f"{result['seconds']} s{note if temperature != 1 else ''}")

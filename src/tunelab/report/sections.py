@@ -309,6 +309,7 @@ def compare_section(compare: Mapping[str, Any] | None) -> Safe:
         _TITLE["compare"],
         Safe(f'<p class="conclusion">{esc(conclusion)}</p>') if conclusion else "",
         table(headers, body, numeric=[1, 3, *range(4, len(headers))]),
+        bullets([f"skipped {note}" for note in compare.get("skipped") or []]),
         image(plots.compare_chart(compare), f"{primary} per setting with 95% intervals"),
     )
 
