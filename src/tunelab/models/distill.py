@@ -1,0 +1,559 @@
+"""Distillation: train a smaller student from a fine-tuned teacher (``tunelab distill``).
+
+The student is either a *shallow copy* of the teacher — the same architecture with fewer
+decoder layers, initialised from the teacher's kept layers (:func:`shallow_student`) — or
+any smaller model with exactly the teacher's tokenizer (:func:`check_vocab`).
+
+Training (:func:`train_student`) minimises, over the response tokens of each batch,
+
+    L = α · τ² · mean KL(softmax(z_t / τ) ‖ softmax(z_s / τ)) + (1 − α) · mean CE(z_s, y)
+
+(Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015; τ² keeps
+the soft-target gradients on the scale of the hard-target ones), on the task's train split
+mixed with general chat/prose data from the retention suite's *train* part (a share
+``general`` of every batch). Full fine-tuning of the student with AdamW and a cosine
+schedule for a fixed number of steps; the teacher is frozen in eval mode and its logits
+are computed per batch, only at response positions, a chunk of positions at a time.
+
+:func:`distill_stage` wires it from a config: ``<out>/student/`` (a tunelab model folder,
+kind ``full``) and ``<out>/distill.json`` (teacher vs student: parameters, size on disk,
+generation tokens/s, test metrics, held-out KL before and after).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from tunelab import __version__
+from tunelab.config import Config
+from tunelab.data.batching import collate, eval_batches, micro_batches
+from tunelab.data.tokenize import IGNORE, Encoded, PromptFormatter, encode
+from tunelab.errors import ConfigError, ModelError, TrainingError
+from tunelab.evaluation.evaluate import evaluate
+from tunelab.forgetting.general import general_training_examples
+from tunelab.forgetting.mitigations.base import seeded_stream
+from tunelab.forgetting.mitigations.kd import chunked_kl
+from tunelab.models.loading import load_base, load_tokenizer
+from tunelab.models.saved import load_trained, save_trained
+from tunelab.models.task_model import TaskModel
+from tunelab.results import peak_rss_mb, write_json
+from tunelab.training.loss import chunked_cross_entropy, example_terms
+from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
+
+__all__ = [
+    "DistillSettings",
+    "Keep",
+    "check_vocab",
+    "distill_settings",
+    "distill_stage",
+    "distill_terms",
+    "generation_speed",
+    "mean_kl",
+    "merged_lm",
+    "mixed_batch",
+    "resolve_keep",
+    "safetensors_bytes",
+    "shallow_student",
+    "train_student",
+]
+
+Keep = list[int] | Literal["every-other"]
+Progress = Callable[[dict[str, Any]], None]
+
+MAX_GENERAL = 4096  # general examples encoded for mixing, at most
+SPEED_PROMPTS = 4  # test prompts timed for tokens/s
+SPEED_TOKENS = 32  # new tokens per timed prompt
+KL_EXAMPLES = 128  # val examples of the held-out KL
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """How the student is trained. CLI options override the first six; the rest come from
+    the config's ``train`` section (:func:`distill_settings`)."""
+
+    steps: int = 200  # optimizer steps
+    batch_size: int = 8  # examples per step (task + general)
+    lr: float = 5e-4  # peak AdamW learning rate (full fine-tuning; docs/distill.md)
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha weighs the cross-entropy
+    temperature: float = 2.0  # τ of the soft targets
+    general: float = 0.2  # share of each batch drawn from general data
+    warmup: float = 0.1  # fraction of steps (< 1) or a step count
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    precision: str = "fp32"  # resolved: fp32 | bf16
+    log_every: int = 10
+    max_batch_tokens: int | None = None  # split a step's batch above this padded size
+
+
+KNOBS = ("steps", "batch_size", "lr", "alpha", "temperature", "general")
+
+
+def distill_settings(
+    cfg: Config, precision: str, overrides: Mapping[str, Any] | None = None
+) -> DistillSettings:
+    """Defaults, the config's train section (schedule details, seed) and the CLI's knobs."""
+    t = cfg.train
+    s = DistillSettings(
+        warmup=t.warmup, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        seed=t.seed, precision=precision, log_every=t.log_every,
+        max_batch_tokens=t.max_batch_tokens,
+    )  # fmt: skip
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(KNOBS))
+    if unknown:
+        raise ConfigError(f"unknown distillation options {unknown}", hint=f"use {list(KNOBS)}")
+    s = replace(s, **given)
+    problems = [
+        (name, message)
+        for name, bad, message in [
+            ("steps", s.steps < 1, f"must be >= 1, got {s.steps}"),
+            ("batch_size", s.batch_size < 1, f"must be >= 1, got {s.batch_size}"),
+            ("lr", not s.lr > 0, f"must be > 0, got {s.lr}"),
+            ("alpha", not 0 <= s.alpha <= 1, f"must be in [0, 1], got {s.alpha}"),
+            ("temperature", not s.temperature > 0, f"must be > 0, got {s.temperature}"),
+            ("general", not 0 <= s.general < 1, f"must be in [0, 1), got {s.general}"),
+        ]
+        if bad
+    ]
+    if problems:
+        raise ConfigError("invalid distillation settings", problems=problems)
+    return s
+
+
+# ---- the student ---------------------------------------------------------------------------
+
+
+def merged_lm(lm: Any) -> Any:
+    """``lm`` itself, or for a PEFT model a merged copy (adapters folded into the weights;
+    the argument is left untouched)."""
+    from peft import PeftModel
+
+    if isinstance(lm, PeftModel):
+        return copy.deepcopy(lm).merge_and_unload()
+    return lm
+
+
+def resolve_keep(keep: Keep, n_layers: int) -> list[int]:
+    """The teacher layer indices a shallow student keeps: ``every-other`` is 0, 2, 4, …;
+    a list must be strictly increasing indices in [0, n_layers)."""
+    if keep == "every-other":
+        return list(range(0, n_layers, 2))
+    bad = [i for i in keep if not 0 <= i < n_layers]
+    if not keep or bad or any(b <= a for a, b in itertools.pairwise(keep)):
+        raise ConfigError(
+            f"--keep {keep!r} does not fit a teacher of {n_layers} layers",
+            hint=f"strictly increasing layer indices in 0..{n_layers - 1}, or every-other",
+        )
+    return list(keep)
+
+
+def shallow_student(teacher_lm: Any, keep: Keep) -> Any:
+    """A copy of the teacher's architecture with only the ``keep`` decoder layers.
+
+    The student is built fresh from the teacher's config with ``num_hidden_layers =
+    len(keep)`` (and every per-layer list of the config, such as ``layer_types``, cut to
+    the kept layers), so its layers carry ``layer_idx`` 0..len(keep)-1 as the KV cache
+    expects. Student layer j then receives teacher layer ``keep[j]``'s weights; the
+    embeddings, the final norm and the LM head are copied as they are. A PEFT teacher is
+    merged (on a copy) first, so the student starts from the fine-tuned weights.
+    """
+    teacher = merged_lm(teacher_lm)
+    n = int(teacher.config.num_hidden_layers)
+    kept = resolve_keep(keep, n)
+    prefix = _layers_prefix(teacher, n)
+    values = teacher.config.to_dict()
+    values["num_hidden_layers"] = len(kept)
+    for key, value in list(values.items()):
+        if "layer" in key and isinstance(value, list) and len(value) == n:
+            values[key] = [value[i] for i in kept]  # layer_types, no_rope_layers, ...
+    config = type(teacher.config).from_dict(values)
+    config._attn_implementation = teacher.config._attn_implementation
+    student = type(teacher)(config)  # random weights, all overwritten below
+    source = teacher.state_dict()
+    state = {}
+    for name in student.state_dict():
+        if name.startswith(prefix):
+            index, rest = name[len(prefix) :].split(".", 1)
+            name_in_teacher = f"{prefix}{kept[int(index)]}.{rest}"
+        else:
+            name_in_teacher = name
+        state[name] = source[name_in_teacher]
+    student.load_state_dict(state, strict=True)
+    student.to(next(teacher.parameters()).device)
+    return student.eval()
+
+
+def _layers_prefix(lm: nn.Module, n: int) -> str:
+    """``model.layers.`` for Llama-family models: the ModuleList holding the n decoder blocks."""
+    lists = [name for name, m in lm.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if len(lists) != 1:
+        raise ModelError(
+            f"cannot find the decoder layers of {type(lm).__name__} "
+            f"({len(lists)} module lists of {n} layers)",
+            hint="use --student SPEC with a smaller model of the same tokenizer instead",
+        )
+    return f"{lists[0]}."
+
+
+def check_vocab(teacher_tok: Any, student_tok: Any, teacher_lm: Any, student_lm: Any) -> None:
+    """Raise ConfigError unless both tokenizers map the same tokens to the same ids and both
+    LM heads produce the same number of logits (KL compares them position by position)."""
+    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if t_vocab != s_vocab:
+        differ = sorted(set(t_vocab.items()) ^ set(s_vocab.items()), key=lambda kv: kv[1])[:3]
+        raise ConfigError(
+            f"the student's tokenizer differs from the teacher's ({len(s_vocab)} vs "
+            f"{len(t_vocab)} tokens; e.g. {differ})",
+            hint="distil into a model of the same family (same tokenizer), or cut layers "
+            "from the teacher with --keep",
+        )
+    t_rows = teacher_lm.get_output_embeddings().weight.shape[0]
+    s_rows = student_lm.get_output_embeddings().weight.shape[0]
+    if t_rows != s_rows:
+        raise ConfigError(
+            f"the student's LM head has {s_rows} outputs, the teacher's {t_rows}",
+            hint="distil into a model with the same vocabulary size, or use --keep",
+        )
+
+
+# ---- data and measurements ------------------------------------------------------------------
+
+
+def mixed_batch(
+    n_task: int, n_general: int, step: int, s: DistillSettings
+) -> tuple[list[int], list[int]]:
+    """Indices of step ``step``'s task and general examples: ``round(batch_size x general)``
+    general ones (none without a general pool), the rest task; each stream walks seeded
+    permutations, so the batch is a pure function of its arguments."""
+    g = round(s.batch_size * s.general) if n_general else 0
+    t = s.batch_size - g
+    task = seeded_stream(n_task, t, seed=s.seed, stream="distill-task", start=step * t)
+    general = (
+        seeded_stream(n_general, g, seed=s.seed, stream="distill-general", start=step * g)
+        if g
+        else []
+    )
+    return task, general
+
+
+def distill_terms(
+    student: TaskModel,
+    teacher: TaskModel,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    *,
+    kl: bool = True,
+    ce: bool = True,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ KL(p_teacher,τ ‖ p_student,τ) and Σ CE(student, reference) over the response
+    positions of a collated batch (fp32 scalars; 0 where not asked for).
+
+    Only the N response positions' hidden states, (N, H), reach the LM heads, which run a
+    chunk of positions at a time (:func:`chunked_kl`, :func:`chunked_cross_entropy`): no
+    (B, T, V) logits. The teacher runs under no_grad.
+    """
+    device = batch["input_ids"].device
+    selected = batch["labels"][:, 1:] != IGNORE  # (B, T-1): token t+1 is predicted at t
+    zero = torch.zeros((), device=device)
+    with autocast(precision, device):
+        h_s = student.hidden(batch["input_ids"], batch["attention_mask"])[:, :-1][selected]
+        kl_sum = zero
+        if kl:
+            with torch.no_grad():
+                h_t = teacher.hidden(batch["input_ids"], batch["attention_mask"])
+            h_t = h_t[:, :-1][selected]  # (N, H)
+            kl_sum = chunked_kl(student.lm_head, teacher.lm_head, h_s, h_t, temperature)
+        targets = batch["labels"][:, 1:][selected]  # (N,)
+        ce_sum = chunked_cross_entropy(student.lm_head, h_s, targets) if ce else zero
+    return kl_sum, ce_sum
+
+
+@torch.no_grad()
+def mean_kl(
+    student: Any,
+    teacher: Any,
+    items: Sequence[Encoded],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    temperature: float = 1.0,
+) -> float:
+    """Mean over the response positions of ``items`` of KL(p_teacher ‖ p_student), nats."""
+    s_model, t_model = TaskModel(student, "lm"), TaskModel(teacher, "lm")
+    was = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    device = next(student.parameters()).device
+    total = 0.0
+    for idx in eval_batches([e.length for e in items], batch_size):
+        batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pad_id).items()}
+        kl, _ = distill_terms(s_model, t_model, batch, temperature, ce=False, precision=precision)
+        total += float(kl)
+    student.train(was[0])
+    teacher.train(was[1])
+    return total / max(sum(example_terms(e, "lm") for e in items), 1)
+
+
+@torch.no_grad()
+def generation_speed(
+    lm: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, new_tokens: int = SPEED_TOKENS
+) -> float:
+    """Greedy generation tokens/s at batch size 1: exactly ``new_tokens`` per prompt (EOS
+    suppressed), KV cache on, after one untimed warm-up prompt."""
+    was = lm.training
+    lm.eval()
+    device = next(lm.parameters()).device
+
+    def run(ids: Sequence[int], n: int) -> None:
+        x = torch.tensor([list(ids)], device=device)
+        lm.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                    min_new_tokens=n, do_sample=False, pad_token_id=pad_id)  # fmt: skip
+
+    run(prompts[0], 4)
+    started = time.perf_counter()
+    for ids in prompts:
+        run(ids, new_tokens)
+    seconds = time.perf_counter() - started
+    lm.train(was)
+    return len(prompts) * new_tokens / seconds
+
+
+def safetensors_bytes(folder: Path) -> int:
+    """Bytes of the ``*.safetensors`` files in ``folder`` (the weights on disk)."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def _params(lm: nn.Module) -> int:
+    return sum(p.numel() for p in lm.parameters())  # tied weights counted once
+
+
+# ---- training ---------------------------------------------------------------------------
+
+
+def train_student(
+    student: Any,
+    teacher: Any,
+    task: Sequence[Encoded],
+    general: Sequence[Encoded],
+    s: DistillSettings,
+    *,
+    pad_id: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` in place toward ``teacher`` (frozen, eval mode) for ``s.steps``.
+
+    Each step: a batch of task and general examples (:func:`mixed_batch`), the loss
+    α·τ²·KL + (1−α)·CE with both terms means over the batch's response positions
+    (:func:`distill_terms`), clipping, AdamW, the cosine schedule. Returns the training
+    facts and the loss curve (every ``s.log_every`` steps).
+    """
+    if not task:
+        raise ConfigError("distillation needs task examples: the train split is empty")
+    torch.manual_seed(s.seed)
+    device = next(student.parameters()).device
+    s_model, t_model = TaskModel(student, "lm"), TaskModel(teacher, "lm")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    optimizer = build_optimizer(student, lr=s.lr, weight_decay=s.weight_decay)
+    warmup = warmup_steps(s.warmup, s.steps)
+    scheduler = build_scheduler(optimizer, schedule="cosine", warmup=warmup, total_steps=s.steps)
+    params = [p for p in student.parameters() if p.requires_grad]
+    curve: list[dict[str, float]] = []
+    tokens = 0
+    started = time.perf_counter()
+    student.train()
+    for step in range(s.steps):
+        t_idx, g_idx = mixed_batch(len(task), len(general), step, s)
+        items = [task[i] for i in t_idx] + [general[i] for i in g_idx]
+        n = max(sum(example_terms(e, "lm") for e in items), 1)  # response positions
+        kl = ce = 0.0
+        # pieces of at most max_batch_tokens padded tokens (long general rows apart from
+        # short task rows): their summed terms are the batch's, so only memory changes
+        for piece in micro_batches(items, pad_id, max_tokens=s.max_batch_tokens):
+            kl_sum, ce_sum = distill_terms(
+                s_model, t_model, {k: v.to(device) for k, v in piece.items()}, s.temperature,
+                kl=s.alpha > 0, ce=s.alpha < 1, precision=s.precision,
+            )  # fmt: skip
+            ((s.alpha * s.temperature**2 * kl_sum + (1 - s.alpha) * ce_sum) / n).backward()
+            kl, ce = kl + kl_sum.item() / n, ce + ce_sum.item() / n
+        loss = s.alpha * s.temperature**2 * kl + (1 - s.alpha) * ce
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"distillation loss became {loss} at step {step + 1}; no update was applied",
+                hint="lower --lr, or use train.precision: fp32",
+            )
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm or math.inf))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += sum(e.length for e in items)
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            lr = float(scheduler.get_last_lr()[0])
+            curve.append({"step": step + 1, "loss": loss, "kl": kl, "ce": ce, "lr": lr,
+                          "grad_norm": grad_norm})  # fmt: skip
+        if progress is not None:
+            progress({"step": step + 1, "total": s.steps, "loss": loss})
+    student.eval()
+    seconds = time.perf_counter() - started
+    return {
+        "steps": s.steps,
+        "seconds": round(seconds, 1),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+        "curve": curve,
+    }
+
+
+# ---- the stage ----------------------------------------------------------------------------
+
+
+def distill_stage(
+    cfg: Config,
+    *,
+    teacher: Path | None = None,
+    out: Path | None = None,
+    keep: Keep | None = None,
+    student: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Distil the fine-tuned model of ``teacher`` (a run or model folder; default the
+    config's run folder) into a student — cut from the teacher with ``keep`` (default
+    every other layer) or the model ``student`` names — and write ``<out>/student/`` and
+    ``<out>/distill.json`` (``out`` defaults to the config's run folder). Returns the JSON.
+
+    ``overrides``: the CLI's knobs (``steps``, ``batch_size``, ``lr``, ``alpha``,
+    ``temperature``, ``general``; None keeps the default).
+    """
+    from tunelab.workflow import setup  # the stage sits on top of the workflow's builders
+
+    if keep is not None and student is not None:
+        raise ConfigError(
+            "give either --keep or --student, not both",
+            hint="--keep cuts layers from the teacher; --student names a smaller model",
+        )
+    teacher_dir = teacher if teacher is not None else cfg.run_dir
+    out = out if out is not None else cfg.run_dir
+    t_task, tokenizer, t_info = load_trained(teacher_dir)
+    if t_task.head != "lm":
+        raise ConfigError(
+            f"the teacher in {teacher_dir} has a classifier head; distillation matches LM "
+            "next-token distributions",
+            hint="distil a teacher trained with method.head: lm",
+        )
+    env = setup(cfg, reuse_data=True, threads=cfg.train.threads, tokenizer=tokenizer)
+    s = distill_settings(cfg, env.precision, overrides)
+    t_lm = merged_lm(t_task.lm).to(env.device)
+    del t_task
+    kept: list[int] | None = None
+    if student is None:
+        kept = resolve_keep(keep or "every-other", int(t_lm.config.num_hidden_layers))
+        say(f"student: teacher layers {kept} ({len(kept)} of {t_lm.config.num_hidden_layers})")
+        s_lm = shallow_student(t_lm, kept)
+    else:
+        s_lm = load_base(student).to(env.device)
+        check_vocab(tokenizer, load_tokenizer(student), t_lm, s_lm)
+        say(f"student: {student}")
+
+    prep, encoded, pad_id = env.prep, env.task.encoded, tokenizer.pad_token_id
+    general = _general_items(cfg, tokenizer, s)
+    val = encoded["val"][:KL_EXAMPLES]
+    val_kl = {"before": mean_kl(s_lm, t_lm, val, pad_id=pad_id, precision=s.precision)}
+    say(f"distilling {s.steps} steps of {s.batch_size} examples ({len(encoded['train'])} "
+        f"task, {len(general)} general)")  # fmt: skip
+    training = train_student(s_lm, t_lm, encoded["train"], general, s,
+                             pad_id=pad_id, progress=progress)  # fmt: skip
+    val_kl["after"] = mean_kl(s_lm, t_lm, val, pad_id=pad_id, precision=s.precision)
+
+    info = {
+        **t_info, "kind": "full", "head": "lm", "base": student or t_info["base"],
+        "distilled_from": str(teacher_dir), "kept_layers": kept,
+        "teacher_layers": int(t_lm.config.num_hidden_layers),
+        "student_layers": int(s_lm.config.num_hidden_layers),
+        "tunelab_version": __version__, "data_hash": prep.hash,
+    }  # fmt: skip
+    folder = save_trained(TaskModel(s_lm, "lm"), tokenizer, out / "student", info)
+    say(f"student saved in {folder}; measuring teacher and student")
+    teacher_side = _measure(t_lm, _teacher_bytes(t_lm, teacher_dir, t_info), tokenizer, env)
+    student_side = _measure(s_lm, safetensors_bytes(folder), tokenizer, env)
+    result: dict[str, Any] = {
+        "tunelab_version": __version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "teacher": {"path": str(teacher_dir), **teacher_side},
+        "student": {"path": str(folder), "kept_layers": kept, "spec": student,
+                    "val_kl": val_kl, **student_side},
+        "settings": asdict(s),
+        "training": training,
+        "data": {"hash": prep.hash, "teacher_data_hash": t_info.get("data_hash"),
+                 "task_examples": len(encoded["train"]), "general_examples": len(general),
+                 "val_kl_examples": len(val)},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "device": str(env.device), "precision": s.precision,
+                        "threads": env.threads, "peak_rss_mb": peak_rss_mb()},
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "distill.json", result)
+    return result
+
+
+def _general_items(cfg: Config, tokenizer: Any, s: DistillSettings) -> list[Encoded]:
+    """Encoded general examples (retention suite's train part), one per general batch slot."""
+    n = min(round(s.batch_size * s.general) * s.steps, MAX_GENERAL)
+    if n == 0:
+        return []
+    formatter = PromptFormatter(tokenizer, cfg.model.use_chat_template)
+    return [
+        encode(tokenizer, formatter, ex, max_length=cfg.model.max_length)
+        for ex in general_training_examples(n, s.seed)
+    ]
+
+
+def _measure(lm: Any, size_bytes: int, tokenizer: Any, env: Any) -> dict[str, Any]:
+    """One side of the comparison: size, generation speed, test metrics (``env``: a
+    :class:`tunelab.workflow.Setup`)."""
+    prep, task = env.prep, env.task
+    test = task.encoded["test"]
+    prompts = [e.prompt_only().input_ids for e in (test or task.encoded["val"])[:SPEED_PROMPTS]]
+    metrics = None
+    if test:
+        result = evaluate(TaskModel(lm, "lm"), tokenizer, prep.splits["test"], test, env.ev,
+                          labels=prep.labels, label_ids=task.label_ids)  # fmt: skip
+        metrics = {k: result[k] for k in ("n", "metrics", "ci95", "seconds")}
+    return {
+        "layers": int(lm.config.num_hidden_layers),
+        "params": _params(lm),
+        "size_bytes": size_bytes,
+        "tokens_per_second": round(generation_speed(lm, prompts, pad_id=tokenizer.pad_token_id), 1),
+        "test": metrics,
+    }
+
+
+def _teacher_bytes(lm: Any, teacher_dir: Path, info: Mapping[str, Any]) -> int:
+    """The teacher's weights on disk as a standalone model: its own files for full
+    fine-tuning; for LoRA the merged model saved to a temporary folder (what export writes)."""
+    own = teacher_dir / "model" if (teacher_dir / "model").is_dir() else teacher_dir
+    if info["kind"] == "full" and safetensors_bytes(own):
+        return safetensors_bytes(own)
+    with tempfile.TemporaryDirectory() as tmp:
+        lm.save_pretrained(tmp)
+        return safetensors_bytes(Path(tmp))

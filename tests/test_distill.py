@@ -1,0 +1,230 @@
+"""``tunelab distill`` on the tiny model: the cut student, the learning signal, the outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+import yaml
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from conftest import tiny_config, write_sentiment_jsonl
+from tunelab.cli.distill import distill, parse_keep
+from tunelab.cli.main import app as main_app
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.models.distill import (
+    DistillSettings,
+    check_vocab,
+    distill_settings,
+    distill_stage,
+    mean_kl,
+    merged_lm,
+    mixed_batch,
+    resolve_keep,
+    shallow_student,
+)
+from tunelab.models.saved import load_trained
+from tunelab.workflow import evaluate_stage, setup
+
+runner = CliRunner()
+app = typer.Typer()
+app.command("distill")(distill)
+
+
+@app.callback()
+def _root() -> None:
+    """A local app: main.py registers the verb itself."""
+
+
+@pytest.fixture(scope="module")
+def four_layer_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The conftest tiny model with 4 decoder layers (so every other layer leaves 2)."""
+    folder = tmp_path_factory.mktemp("tiny-4-layers")
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.num_hidden_layers = 4
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher_run(four_layer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full fine-tuning run on the 4-layer model (no retention suite, no compare); its
+    config file. (LoRA barely moves the random tiny model in a few steps: a near-uniform
+    teacher leaves the cut student nothing to learn; the LoRA merge is tested above.)"""
+    tmp = tmp_path_factory.mktemp("distill-run")
+    data = write_sentiment_jsonl(tmp / "sentiment.jsonl", n=80)
+    cfg = tiny_config(four_layer_dir, data, tmp / "runs", forgetting={"suite": "none"},
+                      compare={"enabled": False}, eval={"base": False, "bootstrap": 0},
+                      method={"kind": "full"}, train={"max_steps": 30, "lr": 1e-2,
+                      "eval_every": 15})  # fmt: skip
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(main_app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher_run: Path) -> tuple[dict, str]:
+    """``tunelab distill`` through the CLI: 40 steps, written beside the run."""
+    out = teacher_run.parent / "distilled"
+    result = runner.invoke(app, ["distill", str(teacher_run), "--steps", "40", "--lr", "3e-3",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "distill.json").read_text()), result.output
+
+
+def _lora_teacher(lm: LlamaForCausalLM) -> PeftModel:
+    """A LoRA model whose adapters are not zero (so merging changes the weights)."""
+    torch.manual_seed(2)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
+                        init_lora_weights=False)  # fmt: skip
+    return get_peft_model(lm, config)
+
+
+# ---- the cut student ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shallow_student_keeps_the_requested_layers(four_layer_dir, lora):
+    teacher = AutoModelForCausalLM.from_pretrained(four_layer_dir).eval()
+    if lora:
+        teacher = _lora_teacher(teacher)
+    reference = merged_lm(teacher)  # the weights the student must start from
+    student = shallow_student(teacher, [0, 3])
+
+    assert isinstance(teacher, PeftModel) == lora  # the teacher itself is not merged
+    assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2
+    assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1]
+    t_state, s_state = reference.state_dict(), student.state_dict()
+    for name, value in s_state.items():
+        for j, i in enumerate([0, 3]):
+            name = name.replace(f"model.layers.{j}.", f"model.layers.{i}.", 1) \
+                if name.startswith(f"model.layers.{j}.") else name  # fmt: skip
+        assert torch.equal(value, t_state[name]), name
+    if lora:  # the merged adapters reached the student
+        plain = AutoModelForCausalLM.from_pretrained(four_layer_dir)
+        assert not torch.equal(s_state["model.layers.1.mlp.down_proj.weight"],
+                               plain.model.layers[3].mlp.down_proj.weight)  # fmt: skip
+
+    ids = torch.tensor([[1, 5, 9, 14, 20]])
+    loss = student(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    cached = student.generate(input_ids=ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    plain_out = student.generate(input_ids=ids, max_new_tokens=5, min_new_tokens=5,
+                                 do_sample=False, use_cache=False)  # fmt: skip
+    assert cached.shape == (1, 10)
+    assert torch.equal(cached, plain_out)  # the KV cache indexes the student's own layers
+
+
+def test_every_other_and_bad_layer_lists():
+    assert resolve_keep("every-other", 30) == list(range(0, 30, 2))
+    assert resolve_keep("every-other", 5) == [0, 2, 4]
+    for bad in ([], [2, 1], [0, 0], [4], [-1]):
+        with pytest.raises(ConfigError, match="does not fit a teacher of 4 layers"):
+            resolve_keep(bad, 4)
+    assert parse_keep("0, 2,3") == [0, 2, 3] and parse_keep("every-other") == "every-other"
+    with pytest.raises(typer.BadParameter):
+        parse_keep("first-half")
+
+
+def test_settings_are_validated_all_at_once(teacher_run):
+    cfg = load_config(teacher_run, [])
+    s = distill_settings(cfg, "fp32", {"steps": 5, "lr": None})
+    assert s.steps == 5 and s.lr == DistillSettings().lr and s.seed == cfg.train.seed
+    with pytest.raises(ConfigError) as err:
+        distill_settings(cfg, "fp32", {"alpha": 1.5, "general": 1.0, "steps": 0})
+    assert {p for p, _ in err.value.problems} == {"alpha", "general", "steps"}
+
+
+def test_batches_mix_task_and_general_examples_deterministically():
+    s = DistillSettings(batch_size=8, general=0.2, seed=3)
+    task, general = mixed_batch(50, 10, 4, s)
+    assert len(task) == 6 and len(general) == 2
+    assert (task, general) == mixed_batch(50, 10, 4, s)
+    assert mixed_batch(50, 0, 4, s)[1] == [] and len(mixed_batch(50, 0, 4, s)[0]) == 8
+    seen = [i for step in range(5) for i in mixed_batch(50, 10, step, s)[1]]
+    assert sorted(seen) == list(range(10))  # the general pool is walked without repeats
+
+
+# ---- distillation end to end -------------------------------------------------------------
+
+
+def test_distillation_lowers_the_kl_to_the_teacher(distilled, teacher_run):
+    result, output = distilled
+    kl = result["student"]["val_kl"]
+    assert kl["after"] < 0.5 * kl["before"], kl
+    assert "teacher vs student" in output and "KL(teacher" in output
+    # held out again, independently: test prompts, the saved student vs a fresh cut
+    cfg = load_config(teacher_run, [])
+    t_task, tok, _info = load_trained(cfg.run_dir)
+    teacher = merged_lm(t_task.lm)
+    student = load_trained(Path(result["student"]["path"]))[0].lm
+    fresh = shallow_student(teacher, "every-other")
+    items = setup(cfg, reuse_data=True, threads=1, tokenizer=tok).task.encoded["test"]
+    pad = tok.pad_token_id
+    assert mean_kl(student, teacher, items, pad_id=pad) < 0.5 * mean_kl(fresh, teacher, items,
+                                                                        pad_id=pad)  # fmt: skip
+
+
+def test_the_student_folder_loads_evaluates_and_is_smaller(distilled, teacher_run):
+    result, _output = distilled
+    folder = Path(result["student"]["path"])
+    assert folder.name == "student" and (folder.parent / "distill.json").is_file()
+    model, _tok, info = load_trained(folder)
+    assert info["kind"] == "full" and info["kept_layers"] == [0, 2]
+    assert info["distilled_from"] and info["student_layers"] == 2
+    assert model.lm.config.num_hidden_layers == 2
+    cfg = load_config(teacher_run, [])
+    evaluated = evaluate_stage(cfg, folder)
+    assert evaluated["metrics"]["accuracy"] == pytest.approx(
+        result["student"]["test"]["metrics"]["accuracy"]
+    )
+    t, s = result["teacher"], result["student"]
+    for side in (t, s):
+        assert side["params"] > 0 and side["size_bytes"] > 0 and side["tokens_per_second"] > 0
+        assert 0 <= side["test"]["metrics"]["accuracy"] <= 1
+    assert s["params"] < t["params"] and s["size_bytes"] < t["size_bytes"]
+    assert (t["layers"], s["layers"]) == (4, 2)
+    steps = [row["step"] for row in result["training"]["curve"]]
+    assert steps == list(range(cfg.train.log_every, 41, cfg.train.log_every))
+    assert result["data"]["general_examples"] == 2 * 40  # round(8 x 0.2) per step
+
+
+def test_a_named_student_with_the_same_tokenizer(teacher_run, tiny_model_dir, tmp_path):
+    cfg = load_config(teacher_run, [])
+    result = distill_stage(cfg, student=str(tiny_model_dir), out=tmp_path,
+                           overrides={"steps": 3, "general": 0.0})  # fmt: skip
+    assert result["student"]["spec"] == str(tiny_model_dir)
+    assert result["student"]["kept_layers"] is None and result["student"]["layers"] == 2
+    assert result["data"]["general_examples"] == 0
+    assert load_trained(tmp_path / "student")[2]["base"] == str(tiny_model_dir)
+
+
+def test_a_student_with_another_vocabulary_is_a_config_error(teacher_run, tiny_model_dir,
+                                                             tmp_path):  # fmt: skip
+    other = tmp_path / "other-vocab"
+    shutil.copytree(tiny_model_dir, other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["zebra"])
+    tok.save_pretrained(other)
+    cfg = load_config(teacher_run, [])
+    with pytest.raises(ConfigError, match="tokenizer differs from the teacher's") as err:
+        distill_stage(cfg, student=str(other), out=tmp_path / "out")
+    assert "same tokenizer" in str(err.value) and not (tmp_path / "out").exists()
+    teacher, student = (AutoModelForCausalLM.from_pretrained(p) for p in (tiny_model_dir, other))
+    student.resize_token_embeddings(student.config.vocab_size + 8)
+    same = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(ConfigError, match="LM head has"):
+        check_vocab(same, same, teacher, student)
+    with pytest.raises(ConfigError, match="either --keep or --student"):
+        distill_stage(cfg, keep=[0], student=str(other))
