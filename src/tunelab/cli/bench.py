@@ -198,3 +198,35 @@ def pii(
         + ("met" if targets["met"] else "missed: " + "; ".join(targets["missed"]))
     )
     console.print(f"written: {out}")
+
+
+@app.command("serve")
+def serve_(
+    url: Annotated[
+        str, typer.Option(help="A running `tunelab serve` on this machine (loopback only).")
+    ] = "http://127.0.0.1:8000/v1",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="TUNELAB_API_KEY", help="Bearer key, if one is needed.")
+    ] = None,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 16,
+    requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 200,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens per request.")] = 16,
+    db: Annotated[
+        Path | None,
+        typer.Option(help="The server's feedback store: also send feedback and count it stored."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="JSON file to write.")] = Path(
+        "runs/bench/bench_serve.json"
+    ),
+) -> None:
+    """Load test of a running server: throughput, p50/p99 latency, status counts, feedback
+    rows stored (bounded: `requests` in all, loopback only)."""
+    from tunelab.bench.serve_load import run_load
+
+    result = run_load(url, api_key, clients=clients, requests=requests, max_tokens=max_tokens,
+                      db=db)  # fmt: skip
+    result["environment"] = {"tunelab": __version__, "python": platform.python_version()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    console.print(result)
+    console.print(f"written: {out}")

@@ -12,13 +12,17 @@ from tunelab.cli import (
     calibrate,
     compare,
     datasets,
+    distill,
     evaluate,
+    export,
+    feedback,
     forgetting,
     generate,
     models,
     prepare,
     report,
     run,
+    serve,
     train,
 )
 from tunelab.cli import config as config_cmd
@@ -62,9 +66,13 @@ app.command("generate")(generate.generate)
 app.command("models")(models.models)
 app.command("datasets")(datasets.datasets)
 app.command("report")(report.report)
+app.command("export")(export.export)
+app.command("distill")(distill.distill)
+app.command("serve")(serve.serve)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.add_typer(forgetting.app, name="forgetting")
+app.add_typer(feedback.app, name="feedback")
 
 
 def main() -> None:
