@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,10 +31,6 @@ def export(
 ) -> None:
     """Merge LoRA adapters and save a standalone model (safetensors, tokenizer, generation
     config, model card) that plain transformers loads without tunelab or peft."""
-    # torchao warns about its CUDA-only kernels on CPU builds and torch about its enum
-    # registrations when it is imported; neither concerns an export.
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     from tunelab.models.export import export_model
 
     facts = export_model(run, out, quantize=quantize.value if quantize else None, overwrite=force)
