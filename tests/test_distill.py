@@ -23,13 +23,13 @@ from tunelab.models.distill import (
     DistillSettings,
     check_vocab,
     distill_settings,
-    distill_stage,
     mean_kl,
     merged_lm,
     mixed_batch,
     resolve_keep,
     shallow_student,
 )
+from tunelab.models.distill_stage import distill_stage
 from tunelab.models.saved import load_trained
 from tunelab.workflow import evaluate_stage, setup
 

@@ -4,10 +4,6 @@ calibrated label probabilities, and a real server process driven by the openai c
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,11 +16,13 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from _server import running_server
 from conftest import tiny_config, write_sentiment_jsonl
 from tunelab.errors import ConfigError
 from tunelab.inference import load_any
 from tunelab.serving.app import check_auth_rule, create_app, is_loopback, load_api_keys
-from tunelab.serving.engine import Engine, Limits, Result, first_stop, held_back, prompt_budget
+from tunelab.serving.decoding import Piece, SamplingParams, first_stop, held_back
+from tunelab.serving.engine import Engine, Limits, Result, prompt_budget
 from tunelab.serving.schemas import Overloaded
 from tunelab.serving.store import FeedbackStore, InvalidFeedback, UnknownCompletion
 
@@ -324,8 +322,6 @@ def test_penalties_change_greedy_decoding(client):
 
 
 def test_cancel_stops_decoding(engine):
-    from tunelab.serving.engine import Piece, SamplingParams
-
     cancel, pieces = threading.Event(), []
 
     def on_event(event: Any) -> None:
@@ -456,7 +452,7 @@ def test_a_full_queue_answers_503(tiny):
         c = TestClient(create_app(eng, api_keys=None, model_name="tiny"))
         eng.submit(release.wait)  # the worker is busy ...
         deadline = time.time() + 10
-        while eng._queue.qsize() and time.time() < deadline:
+        while eng.worker._queue.qsize() and time.time() < deadline:
             time.sleep(0.01)
         eng.submit(lambda: None)  # ... and the one queue slot is taken
         with pytest.raises(Overloaded):
@@ -656,62 +652,16 @@ def test_label_probabilities_use_the_saved_temperature(classifier_run):
 # ---- a real server process -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir) -> Any:
     """``python -m tunelab.serving`` on 127.0.0.1 with a key file and a SQLite store."""
-    import httpx
-
     root = tmp_path_factory.mktemp("server")
     (root / "keys").write_text(f"{KEY}\n")
-    port, db = free_port(), root / "feedback.db"
-    env = {**os.environ, "TUNELAB_API_KEYS": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tunelab.serving",
-        str(tiny_model_dir),
-        "--port",
-        str(port),
-        "--api-key-file",
-        str(root / "keys"),
-        "--db",
-        str(db),
-        "--name",
-        "tiny",
-        "--max-tokens-limit",
-        "64",
-        "--log-level",
-        "warning",
-    ]
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (root / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.25)
-        yield {"base": base, "db": db, "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    db = root / "feedback.db"
+    options = ["--api-key-file", str(root / "keys"), "--db", str(db), "--name", "tiny",
+               "--max-tokens-limit", "64", "--log-level", "warning"]  # fmt: skip
+    with running_server(tiny_model_dir, root / "server.log", *options) as real:
+        yield {"base": real.base, "db": db, "proc": real.proc}
 
 
 def test_real_server_with_the_openai_client(server):

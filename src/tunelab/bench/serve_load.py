@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tunelab.errors import ConfigError
-from tunelab.serving.app import is_loopback, percentile
+from tunelab.serving.app import is_loopback
+from tunelab.serving.metrics import percentile
 
 __all__ = ["PROMPTS", "run_load"]
 

@@ -19,16 +19,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
-import math
 import threading
 import time
-import uuid
-from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,36 +35,34 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import ConfigError
-from tunelab.serving.engine import Engine, Event, Result, SamplingParams, Started
+from tunelab.serving.engine import Engine, Event, Result
+from tunelab.serving.metrics import Metrics
+from tunelab.serving.responses import (
+    Call,
+    error_payload,
+    error_response,
+    sse,
+    too_large,
+    usage_of,
+    validation_error,
+)
 from tunelab.serving.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChoiceLogprobs,
-    Completion,
-    CompletionChoice,
     CompletionRequest,
-    Delta,
     FeedbackRequest,
     InvalidRequest,
     NotFound,
     ServingError,
     Unauthorized,
-    Usage,
-    completion_logprobs,
     error_body,
 )
 from tunelab.serving.store import InvalidFeedback, UnknownCompletion
 
-__all__ = ["Metrics", "check_auth_rule", "create_app", "is_loopback", "load_api_keys"]
+__all__ = ["check_auth_rule", "create_app", "is_loopback", "load_api_keys"]
 
 logger = logging.getLogger("tunelab.serving")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-LATENCY_WINDOW = 10_000  # latest completion requests the percentiles are taken over
 
 
 # ---- auth ---------------------------------------------------------------------------------
@@ -141,73 +134,7 @@ def _auth(keys: set[str] | None) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
-# ---- metrics ------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (the smallest value with at least q% of values at or below)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-class Metrics:
-    """Request counts by route and status, failures, and completion latencies.
-
-    Updated on the event loop thread only.
-    """
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.requests: dict[str, Counter[int]] = {}
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self.unexpected = 0  # 500s: exceptions the endpoints did not expect
-        self.stream_errors = 0  # failures after a stream had started (sent as an error event)
-        self.log_failures = 0  # completions the store could not record
-
-    def count(self, route: str, status: int) -> None:
-        self.requests.setdefault(route, Counter())[status] += 1
-
-    def snapshot(self, engine: Engine) -> dict[str, Any]:
-        stats = engine.stats()
-        by_status: Counter[int] = Counter()
-        for counts in self.requests.values():
-            by_status.update(counts)
-        lat = list(self.latencies)
-        p50, p99 = percentile(lat, 50), percentile(lat, 99)
-        return {
-            "uptime_s": round(time.time() - self.started, 1),
-            "requests": {
-                r: {str(s): n for s, n in sorted(c.items())}
-                for r, c in sorted(self.requests.items())
-            },
-            "requests_total": sum(by_status.values()),
-            "errors": {
-                "client": sum(n for s, n in by_status.items() if 400 <= s < 500),
-                "server": sum(n for s, n in by_status.items() if s >= 500),
-                "unexpected": self.unexpected,
-                "stream": self.stream_errors,
-                "log_failures": self.log_failures,
-            },
-            "latency_ms": {
-                "count": len(lat),
-                "p50": None if p50 is None else round(p50, 1),
-                "p99": None if p99 is None else round(p99, 1),
-            },
-            "tokens": {"prompt": stats["prompt_tokens"], "completion": stats["completion_tokens"]},
-            "tokens_per_second": stats["tokens_per_second"],
-            "queue": {
-                "depth": stats["queue_depth"],
-                "size": stats["queue_size"],
-                "rejected": stats["rejected"],
-            },
-            "engine": {
-                "jobs": stats["jobs"],
-                "failed": stats["failed"],
-                "busy_seconds": stats["busy_seconds"],
-            },
-        }
+# ---- the app ------------------------------------------------------------------------------
 
 
 class _Count:
@@ -232,180 +159,12 @@ class _Count:
         try:
             size = int(dict(scope["headers"]).get(b"content-length", b"0"))
             if size > self.max_body:
-                await _too_large(size, self.max_body)(scope, receive, send_status)
+                await too_large(size, self.max_body)(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "other"
             self.metrics.count(route, status)
-
-
-def _too_large(size: int, limit: int) -> JSONResponse:
-    exc = InvalidRequest(
-        f"the request body is {size} bytes; this server takes at most {limit}",
-        code="request_too_large",
-    )
-    return JSONResponse(error_body(str(exc), type=exc.type, code=exc.code), status_code=413)
-
-
-# ---- requests and their answers -----------------------------------------------------------
-
-
-def _error_payload(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, ServingError):
-        message = f"{exc.args[0]} ({exc.hint})" if exc.hint else str(exc.args[0])
-        return error_body(message, type=exc.type, code=exc.code, param=exc.param)
-    return error_body(
-        f"internal error ({type(exc).__name__}); the server logged it",
-        type="server_error",
-        code="internal_error",
-    )
-
-
-def _error(exc: ServingError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return JSONResponse(_error_payload(exc), status_code=exc.status, headers=headers)
-
-
-def _sse(data: Any) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n"
-
-
-def _usage(result: Result) -> Usage:
-    done = result.completion_tokens
-    return Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=done,
-        total_tokens=result.prompt_tokens + done,
-    )
-
-
-def _extension(probs: dict[str, float] | None, temperature: float | None) -> dict[str, Any] | None:
-    return None if probs is None else {"label_probs": probs, "temperature": temperature}
-
-
-def _sampling(req: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
-    if isinstance(req, ChatCompletionRequest):
-        max_tokens, logprobs, top = req.token_budget(), req.logprobs, req.top_logprobs or 0
-    else:
-        max_tokens, logprobs, top = req.max_tokens, req.logprobs is not None, req.logprobs or 0
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        n=req.n,
-        stop=tuple(req.stops()),
-        seed=req.seed,
-        logprobs=logprobs,
-        top_logprobs=top,
-        frequency_penalty=req.frequency_penalty,
-        presence_penalty=req.presence_penalty,
-        repetition_penalty=req.repetition_penalty,
-    )
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One completion request as the app follows it: its id, what to log, how to answer."""
-
-    endpoint: str  # "chat" | "completion" (the store's names)
-    id: str
-    started: float  # unix time the request arrived
-    model: str
-    prompt: Any  # chat: the messages; completion: the prompt text
-    params: SamplingParams
-    include_usage: bool
-
-    @classmethod
-    def of(cls, req: ChatCompletionRequest | CompletionRequest, model: str) -> _Call:
-        prompt: Any
-        if isinstance(req, ChatCompletionRequest):
-            endpoint, prefix, prompt = "chat", "chatcmpl", [m.as_dict() for m in req.messages]
-        else:
-            endpoint, prefix, prompt = "completion", "cmpl", req.prompt_text()
-        rid = f"{prefix}-{uuid.uuid4().hex}"
-        return cls(endpoint, rid, time.time(), model, prompt, _sampling(req), req.include_usage())
-
-    @property
-    def created(self) -> int:
-        return int(self.started)
-
-    def logged_params(self) -> dict[str, Any]:
-        p = self.params
-        return {
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-            "stop": list(p.stop),
-            "n": p.n,
-            "seed": p.seed,
-        }
-
-    def response(self, result: Result) -> dict[str, Any]:
-        """The whole (non-streamed) response body."""
-        head = {"id": self.id, "created": self.created, "model": self.model}
-        lp = self.params.logprobs
-        if self.endpoint == "chat":
-            ext = _extension(result.label_probs, result.temperature)
-            chat = [
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=c.text),
-                    logprobs=ChoiceLogprobs(content=c.logprobs) if lp else None,
-                    finish_reason=c.finish_reason,
-                    tunelab=ext,
-                )
-                for i, c in enumerate(result.choices)
-            ]
-            return ChatCompletion(**head, choices=chat, usage=_usage(result)).model_dump()
-        legacy = [
-            CompletionChoice(
-                index=i,
-                text=c.text,
-                finish_reason=c.finish_reason,
-                logprobs=completion_logprobs(c.logprobs or []) if lp else None,
-            )
-            for i, c in enumerate(result.choices)
-        ]
-        return Completion(**head, choices=legacy, usage=_usage(result)).model_dump()
-
-    def chunks(self, event: Event, sent: dict[int, str]) -> list[str]:
-        """The SSE chunks of one engine event (``sent``: text so far per choice)."""
-        head = {"id": self.id, "created": self.created, "model": self.model}
-        lp = self.params.logprobs
-        if self.endpoint == "chat":
-            if isinstance(event, Started):  # the role, and label probabilities if any
-                ext = _extension(event.label_probs, event.temperature)
-                delta = Delta(role="assistant", content="")
-                first = [
-                    ChatChunkChoice(index=i, delta=delta, tunelab=ext) for i in range(self.params.n)
-                ]
-                return [_sse(ChatCompletionChunk(**head, choices=[c]).model_dump()) for c in first]
-            choice = ChatChunkChoice(
-                index=event.index,
-                delta=Delta(content=event.text or None),
-                logprobs=ChoiceLogprobs(content=event.logprobs) if lp else None,
-                finish_reason=event.finish_reason,
-            )
-            return [_sse(ChatCompletionChunk(**head, choices=[choice]).model_dump())]
-        if isinstance(event, Started):
-            return []
-        before = sent.get(event.index, "")
-        sent[event.index] = before + event.text
-        legacy = CompletionChoice(
-            index=event.index,
-            text=event.text,
-            logprobs=completion_logprobs(event.logprobs or [], len(before)) if lp else None,
-            finish_reason=event.finish_reason,
-        )
-        return [_sse(Completion(**head, choices=[legacy]).model_dump())]
-
-    def usage_chunk(self, usage: Usage) -> str:
-        """The last chunk of a stream with ``stream_options.include_usage`` (no choices)."""
-        cls = ChatCompletionChunk if self.endpoint == "chat" else Completion
-        head = {"id": self.id, "created": self.created, "model": self.model}
-        return _sse(cls(**head, choices=[], usage=usage).model_dump())
 
 
 class _Sink:
@@ -441,13 +200,13 @@ class _Service:
         """A 500 for an exception nobody expected: logged with its traceback, counted."""
         self.metrics.unexpected += 1
         logger.error("request failed", exc_info=exc)
-        return JSONResponse(_error_payload(exc), status_code=500)
+        return JSONResponse(error_payload(exc), status_code=500)
 
     async def complete(self, req: ChatCompletionRequest | CompletionRequest) -> Response:
         """Answer a completion request; every error becomes an OpenAI error response."""
         try:
             self.check_model(req.model)
-            call = _Call.of(req, self.model_name)
+            call = Call.of(req, self.model_name)
             newer = isinstance(req, ChatCompletionRequest) and req.max_completion_tokens
             self.engine.check(call.params, param="max_completion_tokens" if newer else "max_tokens")
             if isinstance(req, ChatCompletionRequest):
@@ -456,11 +215,11 @@ class _Service:
                 job = partial(self.engine.complete, call.prompt, call.params)
             return await self._answer(call, job, req.stream)
         except ServingError as exc:
-            return _error(exc)
+            return error_response(exc)
         except Exception as exc:
             return self.failure(exc)
 
-    async def _answer(self, call: _Call, job: Callable[..., Result], stream: bool) -> Response:
+    async def _answer(self, call: Call, job: Callable[..., Result], stream: bool) -> Response:
         start = time.perf_counter()
         if not stream:
             result = await asyncio.wrap_future(self.engine.submit(job))
@@ -480,7 +239,7 @@ class _Service:
 
     async def _stream(
         self,
-        call: _Call,
+        call: Call,
         first: Event,
         future: Future[Result],
         sink: _Sink,
@@ -501,17 +260,17 @@ class _Service:
                 if not isinstance(exc, ServingError):
                     self.metrics.unexpected += 1
                     logger.error("stream %s failed", call.id, exc_info=exc)
-                yield _sse(_error_payload(exc))
+                yield sse(error_payload(exc))
                 return
             if call.include_usage:
-                yield call.usage_chunk(_usage(result))
+                yield call.usage_chunk(usage_of(result))
             await self._finished(call, result, start)  # logged before [DONE]: rateable at once
-            yield _sse("[DONE]")
+            yield sse("[DONE]")
         finally:
             cancel.set()  # the client may have gone: stop decoding for it
             future.cancel()
 
-    async def _finished(self, call: _Call, result: Result, start: float) -> None:
+    async def _finished(self, call: Call, result: Result, start: float) -> None:
         """Count the latency and log the completion (once the answer is complete)."""
         latency = (time.perf_counter() - start) * 1000
         self.metrics.latencies.append(latency)
@@ -524,7 +283,7 @@ class _Service:
             "prompt": call.prompt,
             "outputs": [c.text for c in result.choices],
             "params": call.logged_params(),
-            "usage": _usage(result).model_dump(),
+            "usage": usage_of(result).model_dump(),
             "created": call.started,
             "latency_ms": latency,
         }
@@ -560,29 +319,6 @@ class _Service:
         return JSONResponse(row)
 
 
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 as OpenAI's 400: every problem in the message, the first in ``param``."""
-    problems, params = [], []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error')})")
-            params.append("")
-            continue
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        params.append(loc)
-        problems.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    body = error_body(
-        "invalid request: " + "; ".join(problems),
-        type="invalid_request_error",
-        code="invalid_value",
-        param=params[0] if params and params[0] else None,
-    )
-    return JSONResponse(body, status_code=400)
-
-
-# ---- the app ------------------------------------------------------------------------------
-
-
 def create_app(
     engine: Engine,
     *,
@@ -605,11 +341,11 @@ def create_app(
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        return _error(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc)
+        return validation_error(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
