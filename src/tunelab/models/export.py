@@ -39,7 +39,7 @@ from tunelab.assess import CALIBRATION_FILE
 from tunelab.errors import ConfigError, DependencyError, ModelError
 from tunelab.inference import reply
 from tunelab.models.model_card import CARD_FILE, CLASSIFIER_FILE, model_card
-from tunelab.models.saved import INFO_FILE, is_trained_folder, load_trained
+from tunelab.models.saved import INFO_FILE, is_trained_folder, load_trained, replace_folder
 
 __all__ = ["QUANTIZATIONS", "export_model", "folder_bytes"]
 
@@ -87,7 +87,7 @@ def export_model(
         )
         calibration = _read_json(model_dir / CALIBRATION_FILE)
         (tmp / CARD_FILE).write_text(model_card(info, exported, results, calibration))
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -236,22 +236,6 @@ def exported_info(info: Mapping[str, Any], exported: Mapping[str, Any]) -> dict[
 def folder_bytes(folder: Path) -> int:
     """Size on disk of every file under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out`` with the usual file modes (transformers writes
-    weights through a 0600 temporary file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in tmp.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-    tmp.chmod(0o777 & ~umask)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

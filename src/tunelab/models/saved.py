@@ -42,12 +42,24 @@ def save_trained(model: TaskModel, tokenizer: Any, folder: Path, info: dict[str,
         )
     tokenizer.save_pretrained(tmp)
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, folder)
     return folder
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out`` (replacing what was there) with the usual file
+    modes: transformers writes weights through a 0600 temporary file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    tmp.chmod(0o777 & ~umask)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_trained_folder(path: Path) -> bool:
