@@ -53,6 +53,8 @@ def test_plan_steps_from_epochs_and_accumulation():
     # 10 examples -> 3 micro-batches per epoch -> 7.5 micro-batches -> 4 optimizer steps
     assert plan_steps(10, s) == 4
     assert plan_steps(10, LoopSettings(**{**BASE, "max_steps": 7})) == 7
+    # two processes share each step: 7.5 micro-batches / (2 x 2) -> 2 optimizer steps
+    assert plan_steps(10, s, world=2) == 2
 
 
 def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir):

@@ -36,7 +36,7 @@ from tunelab.data.prepare import (
 from tunelab.data.split import sample
 from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.evaluation.evaluate import EvalSettings, default_metrics, evaluate, predict, score
 from tunelab.evaluation.live import ValScorer
 from tunelab.forgetting import runner as forgetting
@@ -47,6 +47,7 @@ from tunelab.report import build_report, reliability_diagram
 from tunelab.results import peak_rss_mb, write_json
 from tunelab.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.training.checkpoint import load_weights, read_pointer
+from tunelab.training.distributed import Dist, current
 from tunelab.training.loop import LoopSettings, fit
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import resolve_precision
@@ -152,6 +153,7 @@ def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
         packing=t.packing,
         row_tokens=cfg.model.max_length,
         length_grouping=t.length_grouping,
+        nonfinite=t.nonfinite,
     )
 
 
@@ -258,12 +260,19 @@ class Setup:
     threads: int
 
 
-def setup(cfg: Config, *, reuse_data: bool, threads: int | None, tokenizer: Any = None) -> Setup:
+def setup(
+    cfg: Config,
+    *,
+    reuse_data: bool,
+    threads: int | None,
+    tokenizer: Any = None,
+    device: torch.device | None = None,
+) -> Setup:
     n_threads = set_threads(threads)
     prep = prepare_stage(cfg, cfg.run_dir, reuse=reuse_data)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.base)
     task = encode_splits(cfg, prep, tokenizer)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.precision, device)
     ev = eval_settings(cfg, precision, tokenizer.pad_token_id, prep.labels is not None)
     return Setup(prep, tokenizer, task, device, precision, ev, n_threads)
@@ -370,19 +379,31 @@ def run_pipeline(
     say = events or (lambda _msg: None)
     started = time.perf_counter()
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dist = current()
+    if dist.world > 1:
+        check_distributed(cfg, stages)
+        say = say if dist.is_main else (lambda _msg: None)
+        progress = progress if dist.is_main else None
     config_yaml = dump_config(cfg)
-    (run_dir / "config.resolved.yaml").write_text(config_yaml)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.resolved.yaml").write_text(config_yaml)
     torch.manual_seed(cfg.train.seed)
-    env = setup(cfg, reuse_data=resume, threads=cfg.train.threads)
+    with dist.main_first():  # rank 0 prepares the data and fills the caches; the rest read
+        env = setup(
+            cfg, reuse_data=resume or not dist.is_main, threads=rank_threads(cfg, dist),
+            device=dist.device,
+        )  # fmt: skip
     prep, task, tokenizer, ev, device = env.prep, env.task, env.tokenizer, env.ev, env.device
     precision = env.precision
     say(f"data: {prep.card['format_note']}; splits {prep.card['splits']}")
     mitigations = forgetting.build_mitigations(cfg) if stages.train else []  # config errors first
     calibrating = stages.tuned_eval and assess.calibration_wanted(cfg, prep.labels)
-    sink = _mlflow(cfg) if stages.train else None
+    sink = _mlflow(cfg) if stages.train and dist.is_main else None
     lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
     say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
+    if dist.world > 1:
+        say(f"data parallel: {dist.world} processes ({dist.backend})")
 
     results: dict[str, Any] = {
         "tunelab_version": __version__,
@@ -423,7 +444,7 @@ def run_pipeline(
 
     log: MetricsLog | None = None
     if stages.train:
-        log = MetricsLog(run_dir, tensorboard=cfg.tracking.tensorboard,
+        log = MetricsLog(run_dir, tensorboard=cfg.tracking.tensorboard and dist.is_main,
                          sinks=(sink,) if sink else ())  # fmt: skip
         if sink is not None:
             sink.params(cfg.model_dump(mode="json"))
@@ -443,8 +464,14 @@ def run_pipeline(
             ctx=forgetting.mitigation_context(cfg, tokenizer, precision, run_dir / "forgetting")
             if mitigations
             else None,
-            val_metrics=val_scorer(cfg, env, run_dir),
+            val_metrics=val_scorer(cfg, env, run_dir) if dist.is_main else None,
+            dist=dist,
+            # killed after its last checkpoint, before the model was written: finish it
+            finished_ok=not is_trained_folder(run_dir / "model"),
         )
+        if not dist.is_main:  # rank 0 writes the model and results; the others are done
+            dist.close()
+            return {"training": {"steps": state.step, "stopped": state.stopped}}
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
             trainable = load_weights(run_dir / "checkpoints" / best)
@@ -462,6 +489,8 @@ def run_pipeline(
             "tokens": state.tokens,
             "seconds": round(state.elapsed, 1),
             "tokens_per_second": round(state.tokens / max(state.elapsed, 1e-9), 1),
+            "skipped_steps": state.skipped,
+            "processes": dist.world,
         }
         if mitigations:
             results["mitigations"] = {"used": [m.name for m in mitigations], **facts}
@@ -501,9 +530,33 @@ def run_pipeline(
     results["peak_rss_mb"] = peak_rss_mb()
     write_json(run_dir / "results.json", results)
     finish_outputs(cfg, results, log, sink)
+    dist.close()
     if retention:
         forgetting.check_retention(results["forgetting"], cfg, run_dir)
     return results
+
+
+def check_distributed(cfg: Config, stages: Stages) -> None:
+    """What a data-parallel launch runs: training only, without the mitigations."""
+    if stages.base_eval or stages.tuned_eval:
+        raise TunelabError(
+            "a distributed launch (WORLD_SIZE > 1) runs `tunelab train` only",
+            hint="launch `tunelab train CONFIG --nproc N`, then run `tunelab eval CONFIG` "
+            "(one process) on the trained model",
+        )
+    if forgetting.build_mitigations(cfg):
+        raise ConfigError(
+            "forgetting.mitigations are not supported in a distributed run yet",
+            hint="remove forgetting.mitigations, or train with one process",
+        )
+
+
+def rank_threads(cfg: Config, dist: Dist) -> int | None:
+    """CPU threads of this process: ``train.threads``, else the cores shared by the
+    processes of this machine."""
+    if cfg.train.threads is not None or dist.world == 1:
+        return cfg.train.threads
+    return max(1, (os.cpu_count() or 1) // dist.local_world)
 
 
 def val_scorer(cfg: Config, env: Setup, run_dir: Path) -> ValScorer | None:

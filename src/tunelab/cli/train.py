@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Annotated
 
 import typer
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
+from tunelab.training.distributed import current, launch_command, launched_world_size
 from tunelab.workflow import Stages, run_pipeline
 
 
@@ -17,9 +19,28 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Data-parallel processes on this machine, started by `accelerate launch` "
+            "(one per GPU; on a CPU, gloo). Same as `accelerate launch -m tunelab train`.",
+        ),
+    ] = 1,
 ) -> None:
     """Fine-tune only (no evaluation); the best checkpoint is exported to <run>/model."""
-    cfg = get_config(config, set_)
+    cfg = get_config(config, set_)  # a config error shows once, before any launch
+    if nproc > 1 and launched_world_size() == 1:
+        args = ["train", *([str(config)] if config else [])]
+        args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
+        console.print(
+            f"• launching {nproc} processes: accelerate launch -m tunelab {' '.join(args)}"
+        )
+        code = subprocess.call(launch_command(nproc, args))
+        if code:
+            raise typer.Exit(code)
+        return
     try:
         with training_progress() as progress:
             results = run_pipeline(
@@ -31,6 +52,8 @@ def train(
             )
     except KeyboardInterrupt:
         raise interrupted(cfg, "train", config) from None
+    if not current().is_main:
+        return
     t = results["training"]
     console.print(
         f"done: {t['steps']} steps ({t['stopped']}), best val loss {t['best_val_loss']:.4f} "

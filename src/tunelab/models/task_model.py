@@ -70,6 +70,16 @@ class TaskModel(nn.Module):
         ids = torch.tensor([prefix], device=next(self.parameters()).device)
         return self.decoder(input_ids=ids, use_cache=True).past_key_values
 
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed loss of one batch and its term count (``training.loss.batch_loss``).
+
+        Training calls the model this way so that a data-parallel wrapper (DDP) around it
+        sees the whole graph of the step.
+        """
+        from tunelab.training.loss import batch_loss
+
+        return batch_loss(self, batch)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only the parameters that training changes (adapters, head, or everything)."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}

@@ -8,6 +8,7 @@ values; they decide nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,11 @@ from tunelab.training.checkpoint import (
     load_checkpoint,
     load_extra_state,
     read_pointer,
+    rng_state,
     save_checkpoint,
 )
-from tunelab.training.loss import batch_loss, example_terms, loss_terms, mean_loss
+from tunelab.training.distributed import SINGLE, Dist
+from tunelab.training.loss import example_terms, loss_sums
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
 
@@ -59,14 +62,15 @@ class LoopSettings:
     packing: bool = False  # examples of a micro-batch share rows (no padding)
     row_tokens: int | None = None  # packed row length (the data's max_length)
     length_grouping: int = 4  # batches per length-sorted pool; 1 = random batches
+    nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" it
 
 
-def plan_steps(n_train: int, s: LoopSettings) -> int:
-    """Optimizer steps of the whole run."""
+def plan_steps(n_train: int, s: LoopSettings, world: int = 1) -> int:
+    """Optimizer steps of the whole run (``world`` processes share each step)."""
     if s.max_steps is not None:
         return s.max_steps
     micro_per_epoch = math.ceil(n_train / s.batch_size)
-    return max(1, math.ceil(micro_per_epoch * s.epochs / s.grad_accum))
+    return max(1, math.ceil(micro_per_epoch * s.epochs / (s.grad_accum * world)))
 
 
 def fit(
@@ -83,6 +87,8 @@ def fit(
     mitigations: Sequence[Mitigation] = (),
     ctx: Context | None = None,
     val_metrics: Callable[[TaskModel, int], dict[str, float]] | None = None,
+    dist: Dist = SINGLE,
+    finished_ok: bool = False,
 ) -> TrainState:
     """Train ``model`` in place; return the final loop state (best step, why it stopped).
 
@@ -90,6 +96,14 @@ def fit(
     the places marked below (see ``forgetting/mitigations/base.py``). ``val_metrics(model,
     step)`` runs at each validation and returns task-metric scalars (``val_accuracy``...)
     logged beside the val loss; it decides itself at which steps it scores.
+
+    ``dist``: this process's rank in a data-parallel job (``training/distributed.py``).
+    Every rank runs this function; the ranks agree on every decision because each one is
+    taken on values summed over all ranks. Only rank 0 writes (log, checkpoints).
+
+    Resuming a run whose last checkpoint is final raises, unless ``finished_ok`` (the
+    caller has outputs still to write: a kill after the last checkpoint); the saved state
+    is then returned as it is.
     """
     device = next(model.parameters()).device
     if mitigations:
@@ -99,7 +113,8 @@ def fit(
         ctx.anchor = {n: p.detach().clone() for n, p in trainable_params(model).items()}
         for m in mitigations:  # replay mixes general examples into the training list
             train = m.train_examples(list(train), ctx)
-    total = plan_steps(len(train), s)
+    total = plan_steps(len(train), s, dist.world)
+    span = s.grad_accum * dist.world  # micro-batches per optimizer step, all ranks together
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
     scheduler = build_scheduler(
         optimizer, schedule=s.schedule, warmup=warmup_steps(s.warmup, total), total_steps=total
@@ -107,14 +122,22 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = [e.length for e in train]
     terms_of = [example_terms(e, model.head) for e in train]
-    state = TrainState()
+    state = TrainState(world=dist.world)
     if resume:
-        state = _restore(model, optimizer, scheduler, checkpoints, mitigations)
-        log.truncate_after(state.step)
+        state = _restore(model, optimizer, scheduler, checkpoints, mitigations, dist)
+        if state.stopped is not None and not finished_ok:
+            raise TrainingError(
+                f"the run in {checkpoints.parent} already finished ({state.stopped} at step "
+                f"{state.step})",
+                hint="start a new run (another `name`) or raise train.epochs / max_steps",
+            )
+        if dist.is_main:
+            log.truncate_after(state.step)
     for m in mitigations:  # after a restore: computes only what the checkpoint lacked
         assert ctx is not None
         m.prepare(model, ctx)
     started = time.perf_counter() - state.elapsed
+    engine = dist.wrap(model)  # what forward/backward run through (DDP on several ranks)
     model.train()
 
     while state.step < total and state.stopped is None:
@@ -125,50 +148,72 @@ def fit(
         # the epoch's mean terms per step, not by its own count. Length-grouped batches make
         # that count vary (short rows, few response tokens); dividing by it would give the
         # tokens of short-row steps more weight than random batches give them.
-        per_step = sum(terms_of) / math.ceil(len(order) / s.grad_accum)
+        per_step = sum(terms_of) / math.ceil(len(order) / span)
         while state.batch_in_epoch < len(order) and state.step < total:
-            # ---- one optimizer step over grad_accum micro-batches -------------------
-            micro = order[state.batch_in_epoch : state.batch_in_epoch + s.grad_accum]
-            batches = [
+            # ---- one optimizer step over grad_accum micro-batches per process ------------
+            # The step's micro-batches are dealt round-robin to the processes: each is
+            # trained on by exactly one rank, and N processes with grad_accum A take the
+            # same steps as one process with grad_accum N x A.
+            micro = order[state.batch_in_epoch : state.batch_in_epoch + span]
+            mine = [
                 piece
-                for idx in micro
+                for idx in micro[dist.rank :: dist.world]
                 for piece in micro_batches(
                     [train[i] for i in idx], s.pad_id, max_tokens=s.max_batch_tokens,
                     packing=s.packing, row_tokens=s.row_tokens,
                 )
             ]  # fmt: skip
-            terms = sum(loss_terms(b, model.head) for b in batches)
-            step_loss = 0.0
-            for batch in batches:
-                with autocast(s.precision, device):
-                    loss_sum, _ = batch_loss(model, _to(batch, device))
-                (loss_sum / per_step).backward()
-                step_loss += loss_sum.item()
-            # ---- forgetting penalties: added to this step's loss, logged apart ------------
-            penalties: dict[str, float] = {}
-            for m in mitigations:
-                penalty = m.penalty(model, state.step)
-                if penalty is not None:
-                    penalty.backward()
-                    penalties[f"penalty.{m.name}"] = penalty.item()
+            terms = sum(terms_of[i] for idx in micro for i in idx)
+            # a rank without a micro-batch (an epoch's last step) still joins the gradient
+            # all-reduce: with the first micro-batch of the step, weighted zero
+            weight = dist.world / per_step if mine else 0.0
+            pieces = mine or _first_piece(micro, train, s)
+            local_loss, penalties = 0.0, {}
+            for k, batch in enumerate(pieces):
+                last = k == len(pieces) - 1
+                with contextlib.ExitStack() as stack:
+                    if not last:
+                        stack.enter_context(dist.no_sync(engine))
+                    with autocast(s.precision, device):
+                        loss_sum, _ = engine(_to(batch, device))
+                    objective = loss_sum * weight
+                    if last:  # penalties join the step's one synchronised backward
+                        for m in mitigations:
+                            penalty = m.penalty(model, state.step)
+                            if penalty is not None:
+                                objective = objective + penalty
+                                penalties[f"penalty.{m.name}"] = penalty.item()
+                    objective.backward()
+                local_loss += loss_sum.item() if mine else 0.0
+            padded = sum(int(b["input_ids"].numel()) for b in mine)
+            summed, padded_all = dist.all_sum([local_loss, float(padded)])
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
-            state.padded_tokens += sum(int(b["input_ids"].numel()) for b in batches)
-            step_loss /= terms
-            if not math.isfinite(step_loss + sum(penalties.values())):
-                optimizer.zero_grad(set_to_none=True)
-                raise TrainingError(
-                    f"loss became {step_loss} at step {state.step + 1}; training stopped and "
-                    f"no update was applied. Best checkpoint: "
-                    f"{read_pointer(checkpoints).get('best') or 'none yet'} in {checkpoints}",
-                    hint="lower train.lr, check the data for empty or huge examples, or use "
-                    "train.precision: fp32",
-                )
+            state.padded_tokens += int(padded_all)
+            step_loss = summed / terms
             grad_norm = _clip(trainable, s.max_grad_norm)
-            for m in mitigations:
-                m.before_step(model)
-            optimizer.step()
-            for m in mitigations:
-                m.after_step(model)
+            if not math.isfinite(step_loss + sum(penalties.values()) + grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+                if s.nonfinite == "stop":
+                    raise TrainingError(
+                        f"{what} became non-finite (loss {step_loss}, gradient norm "
+                        f"{grad_norm}) at step {state.step + 1}; training stopped and no "
+                        f"update was applied. Best checkpoint: "
+                        f"{read_pointer(checkpoints).get('best') or 'none yet'} in "
+                        f"{checkpoints}",
+                        hint="lower train.lr, check the data for empty or huge examples, use "
+                        "train.precision: fp32, or set train.nonfinite: skip to skip such "
+                        "batches",
+                    )
+                state.skipped += 1  # `skip`: this batch updates nothing; training goes on
+                if dist.is_main:
+                    log.write({"step": state.step + 1, "skipped": state.skipped, "why": what})
+            else:
+                for m in mitigations:
+                    m.before_step(model)
+                optimizer.step()
+                for m in mitigations:
+                    m.after_step(model)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -177,7 +222,7 @@ def fit(
 
             # ---- logging ------------------------------------------------------------
             lr = scheduler.get_last_lr()[0]
-            if state.step % s.log_every == 0 or state.step == total:
+            if dist.is_main and (state.step % s.log_every == 0 or state.step == total):
                 log.write(
                     {"step": state.step, "epoch": _epoch(state, len(order)), "loss": step_loss,
                      "lr": lr, "grad_norm": grad_norm, "tokens": state.tokens,
@@ -189,9 +234,12 @@ def fit(
 
             # ---- validation, early stopping, checkpoint ---------------------------------
             if state.step % s.eval_every == 0 or state.step == total:
-                val_loss = mean_loss(
-                    model, val, s.pad_id, s.batch_size, s.precision, max_tokens=s.max_batch_tokens
-                )
+                # each rank scores its share of the val examples; the sums are combined
+                val_sum, val_terms = dist.all_sum(list(loss_sums(
+                    model, val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.precision,
+                    max_tokens=s.max_batch_tokens,
+                )))  # fmt: skip
+                val_loss = val_sum / max(val_terms, 1)
                 model.train()
                 improved = state.best_val is None or val_loss < state.best_val - s.min_delta
                 if improved:
@@ -202,20 +250,26 @@ def fit(
                     state.stopped = "early_stopping"
                 elif state.step == total:
                     state.stopped = "completed"
-                scalars = val_metrics(model, state.step) if val_metrics is not None else {}
-                model.train()
-                log.write({"step": state.step, "val_loss": val_loss, "best_val": state.best_val,
-                           **scalars})  # fmt: skip
-                if progress is not None:
-                    progress({"step": state.step, "total": total, "val_loss": val_loss})
-                save_checkpoint(
-                    checkpoints, state=state, trainable=model.trainable_state(),
-                    optimizer={"optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict()},
-                    config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
-                    extra={f"{m.name}/{k}": v for m in mitigations
-                           for k, v in m.state_dict().items()},
-                )  # fmt: skip
+                scalars: dict[str, float] = {}
+                if dist.is_main and val_metrics is not None:  # generation metrics: rank 0
+                    scalars = val_metrics(model, state.step)
+                    model.train()
+                rngs = dist.gather(rng_state())  # every rank's, so each resumes its own
+                if dist.is_main:  # every file: rank 0 only
+                    log.write({"step": state.step, "val_loss": val_loss,
+                               "best_val": state.best_val, **scalars})  # fmt: skip
+                    if progress is not None:
+                        progress({"step": state.step, "total": total, "val_loss": val_loss})
+                    save_checkpoint(
+                        checkpoints, state=state, trainable=model.trainable_state(),
+                        optimizer={"optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict()},
+                        config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
+                        extra={f"{m.name}/{k}": v for m in mitigations
+                               for k, v in m.state_dict().items()},
+                        rng=rngs,
+                    )  # fmt: skip
+                dist.barrier()  # the others wait: a resume always finds this checkpoint
                 if state.stopped is not None:
                     break
         if state.batch_in_epoch >= len(order):
@@ -225,13 +279,18 @@ def fit(
 
 
 def _restore(
-    model: TaskModel, optimizer, scheduler, checkpoints: Path, mitigations: Sequence[Mitigation]
+    model: TaskModel,
+    optimizer,
+    scheduler,
+    checkpoints: Path,
+    mitigations: Sequence[Mitigation],
+    dist: Dist,
 ) -> TrainState:
     pointer = read_pointer(checkpoints)
     if not pointer.get("last"):
-        return TrainState()  # nothing saved yet: a resumed run starts from the beginning
+        return TrainState(world=dist.world)  # nothing saved yet: start from the beginning
     folder = checkpoints / str(pointer["last"])
-    state, trainable, opt = load_checkpoint(folder)
+    state, trainable, opt = load_checkpoint(folder, rank=dist.rank, world=dist.world)
     model.load_trainable_state(trainable)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
@@ -239,12 +298,6 @@ def _restore(
     for m in mitigations:
         prefix = f"{m.name}/"
         m.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
-    if state.stopped is not None:
-        raise TrainingError(
-            f"the run in {checkpoints.parent} already finished ({state.stopped} at step "
-            f"{state.step})",
-            hint="start a new run (another `name`) or raise train.epochs / max_steps",
-        )
     return state
 
 
@@ -253,6 +306,15 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
         grads = [p.grad.detach().norm() for p in params if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _first_piece(micro: list[list[int]], train: Sequence[Encoded], s: LoopSettings) -> list[dict]:
+    """The first piece of a step's first micro-batch (a zero-weight stand-in)."""
+    first = micro_batches(
+        [train[i] for i in micro[0]], s.pad_id, max_tokens=s.max_batch_tokens,
+        packing=s.packing, row_tokens=s.row_tokens,
+    )  # fmt: skip
+    return first[:1]
 
 
 def _epoch(state: TrainState, batches_in_epoch: int) -> float:

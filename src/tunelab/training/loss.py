@@ -99,7 +99,6 @@ def _ce_sum(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> to
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-@torch.no_grad()
 def mean_loss(
     model: TaskModel,
     items: Sequence[Encoded],
@@ -112,6 +111,21 @@ def mean_loss(
     """Mean loss per term over ``items`` (validation loss; exp() of it is perplexity)."""
     if not items:
         raise TrainingError("cannot compute a loss on an empty split", hint="raise data.split.val")
+    total, terms = loss_sums(model, items, pad_id, batch_size, precision, max_tokens=max_tokens)
+    return total / max(terms, 1)
+
+
+@torch.no_grad()
+def loss_sums(
+    model: TaskModel,
+    items: Sequence[Encoded],
+    pad_id: int,
+    batch_size: int,
+    precision: str,
+    *,
+    max_tokens: int | None = None,
+) -> tuple[float, int]:
+    """Summed loss and term count over ``items`` (a data-parallel rank's share of them)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -122,7 +136,7 @@ def mean_loss(
                 loss_sum, n = batch_loss(model, {k: v.to(device) for k, v in batch.items()})
             total, terms = total + loss_sum.item(), terms + n
     model.train(was_training)
-    return total / max(terms, 1)
+    return total, terms
 
 
 @torch.no_grad()
