@@ -1,10 +1,14 @@
-"""Property tests: whatever bytes a data file holds and whatever a row holds, the loaders
-answer with rows, Rejected values or a DataError, never another exception."""
+"""Property tests: whatever bytes a data file holds (every supported suffix, compressed ones
+and a folder written by ``save_to_disk`` included) and whatever a row holds, the loaders
+answer with rows, Rejected values or a DataError, never another exception. Counts are in
+docs/faults.md."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,18 @@ from tunelab.data.sources import LINE_REASONS, iter_rows, read_rows
 from tunelab.data.types import FORMATS, Format, Record, Rejected, Row
 from tunelab.errors import DataError
 
-# Derandomised and without an example database: every run, locally or in CI, tries the same
-# examples. A few hundred examples keep the file under 20 s on one core.
-SETTINGS = settings(
-    max_examples=120,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".jsonl.gz", ".parquet"]
+
+def _settings(n: int) -> settings:
+    # Derandomised and without an example database: every run, locally or in CI, tries the
+    # same examples. ~5,000 in all keep the file near a minute on one core.
+    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+
+
+# examples per suffix: the plain formats get the most, their compressed variants fewer
+SUFFIXES = {".jsonl": 500, ".json": 500, ".csv": 500, ".tsv": 500, ".parquet": 500,
+            ".ndjson": 150, ".jsonl.gz": 250, ".csv.bz2": 200, ".json.gz": 150,
+            ".tsv.bz2": 150}  # fmt: skip
 
 # Pieces that steer random bytes toward the interesting corners of each format.
 _PIECES = [
@@ -86,16 +92,23 @@ def damaged_parquet(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def gzipped(draw: st.DrawFn) -> bytes:
-    """Random text, gzipped and maybe cut short; or bytes that are not gzip at all."""
+def compressed(draw: st.DrawFn, compress: Any) -> bytes:
+    """Random text, compressed and maybe cut short; or bytes that are not compressed at all."""
     data = draw(file_bytes)
     if draw(st.integers(0, 3)) == 0:
         return data
-    packed = gzip.compress(data)
+    packed = compress(data)
     return packed[: draw(st.one_of(st.just(len(packed)), st.integers(0, len(packed))))]
 
 
-_BYTES_FOR = {".parquet": st.one_of(file_bytes, damaged_parquet()), ".jsonl.gz": gzipped()}
+def _strategy(suffix: str) -> st.SearchStrategy[bytes]:
+    if suffix == ".parquet":
+        return st.one_of(file_bytes, damaged_parquet())
+    if suffix.endswith(".gz"):
+        return compressed(gzip.compress)
+    if suffix.endswith(".bz2"):
+        return compressed(bz2.compress)
+    return file_bytes
 
 
 def _write(folder: Path, suffix: str, data: bytes) -> Path:
@@ -121,8 +134,8 @@ def test_any_bytes_give_rows_rejections_or_a_data_error(
 ) -> None:
     folder = tmp_path_factory.mktemp("bytes")
 
-    @SETTINGS
-    @given(data=_BYTES_FOR.get(suffix, file_bytes))
+    @_settings(SUFFIXES[suffix])
+    @given(data=_strategy(suffix))
     def check(data: bytes) -> None:
         path = _write(folder, suffix, data)
         lenient, lenient_error = _consume(iter_rows(path))
@@ -197,7 +210,7 @@ mappings = st.dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@_settings(1000)
 @given(fields=row_fields, fmt=st.sampled_from(FORMATS), mapping=mappings)
 def test_any_row_gives_a_record_or_a_data_error(
     fields: dict[str, Any], fmt: Format, mapping: dict[str, str]
@@ -209,3 +222,75 @@ def test_any_row_gives_a_record_or_a_data_error(
         return
     assert isinstance(record, Record) and record.format == fmt
     assert set(record.data) == set(FIELDS[fmt])
+
+
+# ---- a folder written by save_to_disk, damaged ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path_factory.mktemp("saved") / "ds"
+    rows = {"text": ["great film", "dull plot", "fine"], "label": ["pos", "neg", "pos"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
+    return folder
+
+
+@st.composite
+def damage(draw: st.DrawFn, files: list[str]) -> list[tuple[str, str, Any]]:
+    """Edits of a saved dataset's files: bytes overwritten, cut short, a JSON value replaced,
+    a file removed or emptied."""
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(files))
+        kind = draw(st.sampled_from(["bytes", "cut", "json", "remove", "empty"]))
+        value = draw(st.tuples(st.integers(0, 50), json_values) if kind == "json"
+                     else st.integers(0, 2**31))  # fmt: skip
+        edits.append((name, kind, value))
+    return edits
+
+
+def _apply(folder: Path, edits: list[tuple[str, str, Any]]) -> None:
+    for name, kind, value in edits:
+        path = folder / name
+        if not path.exists():
+            continue
+        data = bytearray(path.read_bytes())
+        if kind == "remove":
+            path.unlink()
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "cut":
+            path.write_bytes(bytes(data[: value % (len(data) + 1)]))
+        elif kind == "bytes" and data:
+            for i in range(1 + value % 4):
+                data[(value * (i + 7)) % len(data)] = (value >> i) % 256
+            path.write_bytes(bytes(data))
+        elif kind == "json":
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc:
+                at, new = value
+                doc[sorted(doc)[at % len(doc)]] = new
+            path.write_text(json.dumps(doc))
+
+
+def test_a_damaged_saved_dataset_gives_rows_or_a_data_error(
+    saved_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    files = sorted(p.name for p in saved_dataset.iterdir())
+    scratch = tmp_path_factory.mktemp("damaged")
+
+    @_settings(300)
+    @given(edits=damage(files))
+    def check(edits: list[tuple[str, str, Any]]) -> None:
+        folder = scratch / "ds"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(saved_dataset, folder)
+        _apply(folder, edits)
+        rows, _error = _consume(iter_rows(folder))
+        assert all(isinstance(r, Row) and r.file == str(folder) for r in rows)
+
+    check()

@@ -9,9 +9,9 @@ Decoding is ``model.lm.generate`` with hooks of our own (:mod:`tunelab.serving.d
 a logits processor that records logprobs and a stopping criterion that follows each row's
 text for stop sequences, token counts and streaming.
 
-``temperature == 0`` is greedy decoding (``n`` choices are then one decode, repeated);
-otherwise sampling with ``temperature`` and ``top_p`` (top-k off), seeded with
-``torch.manual_seed(seed)`` on the worker when a seed is given.
+``temperature`` below ``GREEDY_BELOW`` (0 included) is greedy decoding (``n`` choices are
+then one decode, repeated); otherwise sampling with ``temperature`` and ``top_p`` (top-k
+off), seeded with ``torch.manual_seed(seed)`` on the worker when a seed is given.
 
 For a classification model (``info["labels"]``) every chat request also gets calibrated
 label probabilities: ``softmax(label_logits(prompt) / T)`` with the temperature ``T`` saved
@@ -48,6 +48,9 @@ from tunelab.serving.worker import Worker
 __all__ = ["Engine", "Event", "Limits", "OnEvent", "Result", "Started", "prompt_budget"]
 
 T = TypeVar("T")
+# Below this temperature decoding is greedy, as in vLLM: logits / 1e-40 overflow to inf and
+# sampling would fail (found by fuzzing the API, tests/test_api_fuzz.py).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,7 @@ class Engine:
         cancel: threading.Event | None,
     ) -> Result:
         assert params.max_tokens is not None
-        sampling = params.temperature > 0
+        sampling = params.temperature >= GREEDY_BELOW
         rows = params.n if sampling else 1  # greedy choices are all the same decode
         if sampling and params.seed is not None:
             torch.manual_seed(params.seed % 2**63)

@@ -166,7 +166,10 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=3.0, description="Extension; 1.0: off.")
+    # bounded below: scores / 1e-40 overflow to inf and sampling fails (API fuzzing found it)
+    repetition_penalty: float = Field(
+        1.0, ge=0.01, le=3.0, description="Extension; 1.0: off, below 1 favours repeats."
+    )
     user: str | None = None
 
     @field_validator("stop")
