@@ -23,6 +23,7 @@ from tunelab.cli import (
     report,
     run,
     serve,
+    sweep,
     train,
 )
 from tunelab.cli import config as config_cmd
@@ -59,6 +60,7 @@ def _root(
 app.command("run")(run.run)
 app.command("prepare")(prepare.prepare)
 app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
 app.command("eval")(evaluate.eval_)
 app.command("compare")(compare.compare)
 app.command("calibrate")(calibrate.calibrate)

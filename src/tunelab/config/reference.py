@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -35,12 +35,17 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         sub = _submodel(field.annotation)
+        description = (field.description or "").replace("|", "\\|")
+        if sub is not None and get_origin(field.annotation) is dict:  # keys the user names
+            rows.append(f"| `{key}` | {_type(field.annotation)} | {_default(field)} | "
+                        f"{description} |")  # fmt: skip
+            subs.append((f"{key}.KEY", sub))
+            continue
         if sub is not None:
             subs.append((key, sub))
             if field.default is None:  # an optional section (null disables it)
                 rows.append(f"| `{key}` | section or null | null | {field.description or ''} |")
             continue
-        description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{key}` | {_type(field.annotation)} | {_default(field)} | {description} |")
     if rows:
         title = prefix.rstrip(".") or "top level"
