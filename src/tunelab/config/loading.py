@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunelab.config.schema import Config
+from tunelab.config.space import set_dotted
 from tunelab.errors import ConfigError
 
 __all__ = ["apply_overrides", "dump_config", "load_config", "parse_config"]
@@ -69,14 +70,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         except (yaml.YAMLError, RecursionError):
             value = raw  # not YAML: the string itself (the schema says if that fits)
         _check_shape(value, f"override '{key.strip()}'", prefix=tuple(parts))
-        node = data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key.strip(), value)
     return data
 
 
