@@ -31,7 +31,8 @@ from tunelab.models.distill import (
 )
 from tunelab.models.distill_stage import distill_stage
 from tunelab.models.saved import load_trained
-from tunelab.workflow import evaluate_stage, setup
+from tunelab.stages import evaluate_stage
+from tunelab.workflow import setup
 
 runner = CliRunner()
 app = typer.Typer()
