@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +188,31 @@ def test_ctrl_c_says_what_is_safe_and_how_to_resume(tmp_path, monkeypatch, verb,
     (checkpoints / "latest.json").write_text(json.dumps({"last": "step-000040", "best": None}))
     again = runner.invoke(app, [verb, str(path)])
     assert "the last checkpoint (step-000040) is intact" in str(again.exception)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_write_error_outside_checkpoints_is_one_message(monkeypatch, capsys, code):
+    # e.g. the disk fills while metrics.jsonl or results.json is written
+    from tunelab.cli import main as cli_main
+
+    def full(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code), "runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(cli_main, "app", full)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main.main()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"cannot write runs/x/metrics.jsonl: {os.strerror(code)}" in err
+    assert "--resume" in err and "Traceback" not in err
+
+
+def test_other_os_errors_are_not_disguised(monkeypatch):
+    from tunelab.cli import main as cli_main
+
+    def missing(*_args, **_kwargs):
+        raise OSError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(cli_main, "app", missing)
+    with pytest.raises(OSError, match="Connection refused"):
+        cli_main.main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -90,6 +91,20 @@ def main() -> None:
             raise
         _print_error(exc)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk or a read-only folder outside the checkpoints
+        if _state["debug"] or exc.errno not in _WRITE_ERRORS:
+            raise
+        _print_error(
+            TunelabError(
+                f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}",
+                hint="free disk space or fix permissions; checkpoints already written are "
+                "intact (`tunelab train CONFIG --resume` continues from the last one)",
+            )
+        )
+        sys.exit(1)
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _print_error(exc: TunelabError) -> None:
