@@ -132,3 +132,19 @@ def tiny_config(model_dir: Path, data_path: Path, out: Path, **sections: dict) -
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     return cfg
+
+
+def kill_after_checkpoint(proc, run: Path, step: int, kill, timeout: float = 300) -> None:
+    """Call ``kill()`` once ``run``'s checkpoint pointer names a step >= ``step`` (or give up
+    when ``proc`` ends or ``timeout`` passes); the caller asserts how ``proc`` ended."""
+    import time
+
+    from tunelab.training.checkpoint import read_pointer
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        last = read_pointer(run / "checkpoints").get("last")
+        if last and int(last.split("-")[1]) >= step:
+            kill()
+            return
+        time.sleep(0.01)

@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import kill_after_checkpoint, tiny_config
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, ConfigError, TunelabError
 from tunelab.training.checkpoint import load_weights, read_pointer
@@ -111,17 +110,7 @@ def test_killed_two_process_run_resumes_to_identical_weights(runs, tiny_model_di
     cfg = _config(tmp, tiny_model_dir, data, "killed", grad_accum=1)
     run = tmp / "runs" / "killed"
     proc = _launch(cfg, tmp)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        last = (
-            read_pointer(run / "checkpoints").get("last")
-            if (run / "checkpoints").exists()
-            else None
-        )
-        if last and int(last.split("-")[1]) >= 6:
-            _kill_tree(proc.pid)
-            break
-        time.sleep(0.01)
+    kill_after_checkpoint(proc, run, 6, lambda: _kill_tree(proc.pid))
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = int(str(read_pointer(run / "checkpoints")["last"]).split("-")[1])

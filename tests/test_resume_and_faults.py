@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import tiny_config
+from conftest import kill_after_checkpoint, tiny_config
 from tunelab.cli.main import app
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, TrainingError
@@ -64,17 +63,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model_dir, senti
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        last = (
-            read_pointer(run / "checkpoints").get("last")
-            if (run / "checkpoints").exists()
-            else None
-        )
-        if last and int(last.split("-")[1]) >= 10:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
+    kill_after_checkpoint(proc, run, 10, lambda: proc.send_signal(signal.SIGKILL))
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = int(str(read_pointer(run / "checkpoints")["last"]).split("-")[1])
