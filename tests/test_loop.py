@@ -143,3 +143,19 @@ def test_lora_layers_outside_the_model_is_a_config_error(tiny_model_dir):
         assert err.value.hint == "use an int 1..2 (top layers) or indices 0..1"
     model = build_task_model(lm, kind="lora", head="lm", lora_layers=2)  # all layers: fine
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_held_memory_counts_parameters_gradients_and_optimizer_state():
+    from tunelab.training.optim import build_optimizer
+    from tunelab.training.sharding import held_mb
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 256))
+    model[1].requires_grad_(False)  # frozen: weights only, no gradient, no AdamW moments
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    assert held_mb(model, optimizer) == round((512 * 1024 + 1024 + 1024 * 256 + 256) * 4 / 2**20, 3)
+    model(torch.randn(3, 512)).sum().backward()
+    optimizer.step()
+    trainable = 512 * 1024 + 1024
+    expected = (trainable + 1024 * 256 + 256) * 4 + trainable * 4 * 3 + 2 * 4  # + 2 step counters
+    assert held_mb(model, optimizer) == round(expected / 2**20, 3)

@@ -31,6 +31,7 @@ from tunelab.training.checkpoint import (
     load_checkpoint,
     load_weights,
     read_pointer,
+    rng_state,
     save_checkpoint,
 )
 from tunelab.workflow import Stages, run_pipeline
@@ -205,6 +206,17 @@ def test_loading_best_weights_leaves_the_rng_alone(tmp_path):
     assert not torch.equal(torch.rand(4), expected)
     with pytest.raises(CheckpointError, match="incomplete"):
         load_weights(tmp_path / "nowhere")
+
+
+def test_a_checkpoint_resumes_only_with_the_parallel_mode_that_saved_it(tmp_path):
+    root = tmp_path / "ckpt"
+    save_checkpoint(root, state=TrainState(step=1, world=2, sharded=True),
+                    trainable={"w": torch.ones(2)}, optimizer={}, config_yaml="",
+                    is_best=True, keep=1, rng=[rng_state(), rng_state()])  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"(?s)train.parallel: fsdp run.*uses ddp"):
+        load_checkpoint(root / "step-000001", rank=1, world=2, sharded=False)
+    state, _, _ = load_checkpoint(root / "step-000001", rank=1, world=2, sharded=True)
+    assert state.sharded and state.step == 1
 
 
 # ---- a full disk and an unwritable folder, at the OS level ----------------------------------

@@ -289,7 +289,7 @@ def run_pipeline(
     say = events or (lambda _msg: None)
     started = time.perf_counter()
     run_dir = cfg.run_dir
-    dist = current()
+    dist = current().using(cfg.train.parallel)
     if dist.world > 1:
         check_distributed(cfg, stages)
         say = say if dist.is_main else (lambda _msg: None)
@@ -313,7 +313,7 @@ def run_pipeline(
     lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
     say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
     if dist.world > 1:
-        say(f"data parallel: {dist.world} processes ({dist.backend})")
+        say(f"data parallel: {dist.world} processes ({dist.kind}, {dist.backend})")
 
     results: dict[str, Any] = {
         "tunelab_version": __version__,
@@ -374,14 +374,22 @@ def run_pipeline(
             ctx=forgetting.mitigation_context(cfg, tokenizer, precision, run_dir / "forgetting")
             if mitigations
             else None,
-            val_metrics=val_scorer(cfg, env, run_dir) if dist.is_main else None,
+            # scored on rank 0; under FSDP every rank takes part in each forward
+            val_metrics=val_scorer(cfg, env, run_dir, writes=dist.is_main)
+            if dist.is_main or dist.fsdp
+            else None,
             dist=dist,
             # killed after its last checkpoint, before the model was written: finish it
             finished_ok=not is_trained_folder(run_dir / "model"),
         )
+        # each rank's memory: its high-water mark, and what its training state takes
+        memory = dist.gather((peak_rss_mb(), state.held_mb))
         if not dist.is_main:  # rank 0 writes the model and results; the others are done
             dist.close()
             return {"training": {"steps": state.step, "stopped": state.stopped}}
+        if dist.fsdp:  # the sharded model is done; rank 0 assembles the best one unsharded
+            model = start_model(cfg, load_base(cfg.model.base, dropout=cfg.train.dropout), task)
+            model.to(device)
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
             trainable = load_weights(run_dir / "checkpoints" / best)
@@ -401,7 +409,14 @@ def run_pipeline(
             "tokens_per_second": round(state.tokens / max(state.elapsed, 1e-9), 1),
             "skipped_steps": state.skipped,
             "processes": dist.world,
+            "held_mb": state.held_mb,  # parameters + gradients + optimizer state (rank 0)
         }
+        if dist.world > 1:
+            results["training"] |= {
+                "parallel": dist.kind,
+                "peak_rss_mb_per_rank": [rss for rss, _ in memory],
+                "held_mb_per_rank": [held for _, held in memory],
+            }
         if mitigations:
             results["mitigations"] = {"used": [m.name for m in mitigations], **facts}
         save_trained(model, tokenizer, run_dir / "model", model_info(cfg, prep))
@@ -469,8 +484,9 @@ def rank_threads(cfg: Config, dist: Dist) -> int | None:
     return max(1, (os.cpu_count() or 1) // dist.local_world)
 
 
-def val_scorer(cfg: Config, env: Setup, run_dir: Path) -> ValScorer | None:
-    """The task metrics scored on a val subset during training (``eval.val_examples``)."""
+def val_scorer(cfg: Config, env: Setup, run_dir: Path, writes: bool = True) -> ValScorer | None:
+    """The task metrics scored on a val subset during training (``eval.val_examples``);
+    ``writes``: keeps samples in ``val_samples.jsonl``."""
     n, examples = cfg.eval.val_examples, env.prep.splits["val"]
     if n == 0 or not examples:
         return None
@@ -478,7 +494,7 @@ def val_scorer(cfg: Config, env: Setup, run_dir: Path) -> ValScorer | None:
     return ValScorer(
         env.tokenizer, [examples[i] for i in idx], [env.task.encoded["val"][i] for i in idx],
         env.ev, every=cfg.eval.val_every or cfg.train.eval_every,
-        samples_path=run_dir / "val_samples.jsonl",
+        samples_path=run_dir / "val_samples.jsonl" if writes else None,
         labels=env.prep.labels, label_ids=env.task.label_ids,
     )  # fmt: skip
 

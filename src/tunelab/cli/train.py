@@ -25,7 +25,8 @@ def train(
             "--nproc",
             min=1,
             help="Data-parallel processes on this machine, started by `accelerate launch` "
-            "(one per GPU; on a CPU, gloo). Same as `accelerate launch -m tunelab train`.",
+            "(one per GPU; on a CPU, gloo). Same as `accelerate launch -m tunelab train`. "
+            "DDP, or FSDP with train.parallel: fsdp.",
         ),
     ] = 1,
 ) -> None:

@@ -433,6 +433,14 @@ class TrainConfig(_Section):
         "intact); `skip` applies no update for that batch, counts it (`training.skipped_steps` "
         "in results.json, a `skipped` line in metrics.jsonl) and goes on.",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How a launch with several processes (`tunelab train --nproc N`, "
+        "`accelerate launch`) shares the model: `ddp` keeps a full copy on every process; "
+        "`fsdp` shards parameters, gradients and optimizer state over the processes (FSDP2), "
+        "for models whose training state does not fit one device. One process ignores it. "
+        "docs/distributed.md.",
+    )
     keep_checkpoints: int = Field(
         1,
         ge=1,

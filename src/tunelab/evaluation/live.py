@@ -29,7 +29,8 @@ class ValScorer:
     """Callable ``(model, step) -> {"val_<metric>": value}`` for :func:`training.loop.fit`.
 
     Scores at steps that are multiples of ``every``; other steps return ``{}``. Samples go
-    to ``samples_path`` (JSON lines ``{"step", "prompt", "prediction", "reference"}``);
+    to ``samples_path`` (none when it is None: an FSDP job's ranks other than 0) as JSON
+    lines ``{"step", "prompt", "prediction", "reference"}``;
     lines of the step being scored and later are replaced, so a resumed run that re-does
     steps leaves no duplicates.
     """
@@ -42,7 +43,7 @@ class ValScorer:
         settings: EvalSettings,
         *,
         every: int,
-        samples_path: Path,
+        samples_path: Path | None,
         labels: Sequence[str] | None = None,
         label_ids: Sequence[Sequence[int]] | None = None,
     ) -> None:
@@ -63,15 +64,18 @@ class ValScorer:
             labels=self.labels, label_ids=self.label_ids,
         )  # fmt: skip
         metrics = compute_metrics(self.settings.metrics, p.predictions, p.references, self.labels)
-        self._keep_samples(step, p.predictions, p.references)
+        if self.samples_path is not None:
+            self._keep_samples(self.samples_path, step, p.predictions, p.references)
         return {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)} | {
             "val_seconds": round(p.seconds, 2)
         }
 
-    def _keep_samples(self, step: int, predictions: list[str], references: list[str]) -> None:
+    def _keep_samples(
+        self, path: Path, step: int, predictions: list[str], references: list[str]
+    ) -> None:
         kept = []
-        if self.samples_path.is_file():
-            for line in self.samples_path.read_text(encoding="utf-8").splitlines():
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip() and json.loads(line)["step"] < step:
                     kept.append(line)
         for ex, pred, ref in list(zip(self.examples, predictions, references, strict=True))[
@@ -80,4 +84,4 @@ class ValScorer:
             row = {"step": step, "prompt": ex.messages[-1]["content"][:300],
                    "prediction": pred, "reference": ref}  # fmt: skip
             kept.append(json.dumps(row, ensure_ascii=False))
-        self.samples_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")

@@ -70,6 +70,9 @@ class TrainState:
     stopped: str | None = None  # why training ended, once it has
     skipped: int = 0  # steps whose batch gave a non-finite loss or gradient (nonfinite: skip)
     world: int = 1  # processes of the data-parallel job that saved it
+    sharded: bool = False  # saved by an FSDP job (its optimizer state is keyed by name)
+    # MiB of parameters, gradients and optimizer state this rank held at its first step
+    held_mb: float | None = None
 
 
 def save_checkpoint(
@@ -144,10 +147,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def load_checkpoint(
-    folder: Path, *, rank: int = 0, world: int = 1
+    folder: Path, *, rank: int = 0, world: int = 1, sharded: bool = False
 ) -> tuple[TrainState, dict[str, torch.Tensor], dict[str, Any]]:
     """State, trainable tensors and optimizer state of one step folder; restores the RNGs
-    of ``rank``. A checkpoint resumes only with the number of processes that saved it."""
+    of ``rank``. A checkpoint resumes only with the number of processes that saved it, and
+    with FSDP (``sharded``) only if FSDP saved it."""
     needed = ["trainable.safetensors", "optimizer.pt", "rng.pt", "state.json"]
     missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
@@ -159,6 +163,13 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {folder} was saved by {state.world} process(es); this run has {world}",
             hint=f"resume with the same number of processes (--nproc {state.world})",
+        )
+    if state.sharded != sharded:
+        saved_by, now = ("fsdp", "ddp") if state.sharded else ("ddp", "fsdp")
+        raise CheckpointError(
+            f"checkpoint {folder} was saved by a train.parallel: {saved_by} run; this run "
+            f"uses {now}",
+            hint=f"resume with train.parallel: {saved_by}",
         )
     saved = torch.load(folder / "rng.pt", weights_only=False)
     rng = saved["ranks"][rank] if "ranks" in saved else saved  # older single-process files

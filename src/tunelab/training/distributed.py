@@ -9,8 +9,12 @@ distributed machinery.
 What the loop asks of a :class:`Dist`:
 
 - ``wrap(model)``: the module the loop runs forward/backward through (DDP over the
-  :class:`~tunelab.models.task_model.TaskModel`, or the model itself on one process);
+  :class:`~tunelab.models.task_model.TaskModel`, the model sharded in place under FSDP,
+  or the model itself on one process); the optimizer is built after it;
 - ``no_sync(wrapped)``: gradients of micro-batches other than a step's last stay local;
+- ``trainable_state``/``optimizer_state`` and their ``load_*``: full tensors for a
+  checkpoint, gathered from the shards under FSDP (``training/sharding.py``);
+- ``gathered(model)``: around code that calls the model below its root (generation);
 - ``all_sum(values)``: sums of a few floats over ranks (losses, term counts);
 - ``gather(obj)``: every rank's object on every rank (RNG states for checkpoints);
 - ``barrier()`` and ``main_first()``: rank 0 writes, the others wait and then read.
@@ -23,10 +27,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tunelab.training import sharding
+
+if TYPE_CHECKING:
+    from tunelab.models.task_model import TaskModel
 
 __all__ = ["SINGLE", "Dist", "current", "launched_world_size"]
 
@@ -46,6 +55,18 @@ class Dist:
     local_world: int = 1
     device: torch.device | None = None  # None: the caller picks (cuda if present, else cpu)
     accelerator: Any = field(default=None, repr=False)
+    fsdp: bool = False  # parameters, gradients and optimizer state sharded over the ranks
+    launched_fsdp: bool = False  # `accelerate launch --use_fsdp` asked for it
+
+    def using(self, parallel: str) -> Dist:
+        """This rank with ``train.parallel`` (``ddp`` or ``fsdp``) applied; a launch with
+        ``--use_fsdp`` is FSDP whatever the config says."""
+        want = parallel == "fsdp" or self.launched_fsdp
+        return self if self.world == 1 or self.fsdp == want else replace(self, fsdp=want)
+
+    @property
+    def kind(self) -> str:
+        return "fsdp" if self.fsdp else "ddp"
 
     @property
     def is_main(self) -> bool:
@@ -60,12 +81,41 @@ class Dist:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.accelerator is None:
             return model
+        if self.fsdp:
+            return sharding.shard(model)
         return self.accelerator.prepare_model(model)
 
     def no_sync(self, wrapped: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         if self.accelerator is None:
             return contextlib.nullcontext()
+        if self.fsdp:
+            return _fsdp_no_sync(wrapped)
         return self.accelerator.no_sync(wrapped)
+
+    def trainable_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        """The trainable tensors, full (under FSDP every rank calls it; rank 0 gets them)."""
+        if self.fsdp:
+            return sharding.gather_trainable(model, keep=self.is_main)
+        return model.trainable_state()
+
+    def load_trainable(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
+        if self.fsdp:
+            sharding.load_trainable(model, state)
+        else:
+            model.load_trainable_state(state)
+
+    def optimizer_state(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+        """The optimizer's state for a checkpoint (every rank calls it under FSDP)."""
+        return sharding.optimizer_state(model, optimizer) if self.fsdp else optimizer.state_dict()
+
+    def load_optimizer(self, model: torch.nn.Module, optimizer: Any, state: dict) -> None:
+        if self.fsdp:
+            sharding.load_optimizer_state(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
+
+    def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return sharding.root_gathered(model) if self.fsdp else contextlib.nullcontext()
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -108,6 +158,15 @@ class Dist:
         )
 
 
+@contextlib.contextmanager
+def _fsdp_no_sync(model: Any) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 SINGLE = Dist()
 _current: Dist | None = None
 
@@ -120,6 +179,10 @@ def current() -> Dist:
     if _current is None:
         from accelerate import Accelerator
 
+        # `accelerate launch --use_fsdp` is read as train.parallel: fsdp. tunelab shards with
+        # FSDP2 itself (training/sharding.py), so Accelerate is not asked for its FSDP plugin
+        # (which it would refuse to build on a CPU)
+        launched_fsdp = os.environ.pop("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
         # without cpu=True, Accelerate treats a CPU-only torchrun job as one process
         acc = Accelerator(cpu=not torch.cuda.is_available())
         kind = str(acc.distributed_type).rsplit(".", 1)[-1]
@@ -127,10 +190,10 @@ def current() -> Dist:
             from tunelab.errors import TunelabError
 
             raise TunelabError(
-                f"this launch asks Accelerate for {kind}; tunelab trains data-parallel (DDP) "
-                "only so far",
+                f"this launch asks Accelerate for {kind}; tunelab trains with DDP or FSDP",
                 hint="launch with `tunelab train CONFIG --nproc N` or `accelerate launch "
-                "--multi_gpu --num_processes N -m tunelab train CONFIG` (docs/distributed.md)",
+                "--multi_gpu --num_processes N -m tunelab train CONFIG`, with "
+                "train.parallel: fsdp for FSDP (docs/distributed.md)",
             )
         device = acc.device
         if device.type == "cpu":
@@ -138,7 +201,7 @@ def current() -> Dist:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
         _current = Dist(
             rank=acc.process_index, world=acc.num_processes, local_world=local,
-            device=device, accelerator=acc,
+            device=device, accelerator=acc, fsdp=launched_fsdp, launched_fsdp=launched_fsdp,
         )  # fmt: skip
     return _current
 

@@ -32,9 +32,10 @@ from tunelab.training.checkpoint import (
     save_checkpoint,
 )
 from tunelab.training.distributed import SINGLE, Dist
-from tunelab.training.loss import example_terms, loss_sums
+from tunelab.training.loss import example_terms, loss_pieces, loss_sums
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
+from tunelab.training.sharding import held_mb
 
 __all__ = ["LoopSettings", "fit", "plan_steps"]
 
@@ -97,9 +98,10 @@ def fit(
     step)`` runs at each validation and returns task-metric scalars (``val_accuracy``...)
     logged beside the val loss; it decides itself at which steps it scores.
 
-    ``dist``: this process's rank in a data-parallel job (``training/distributed.py``).
-    Every rank runs this function; the ranks agree on every decision because each one is
-    taken on values summed over all ranks. Only rank 0 writes (log, checkpoints).
+    ``dist``: this process's rank in a data-parallel job (``training/distributed.py``),
+    DDP or FSDP. Every rank runs this function; the ranks agree on every decision because
+    each one is taken on values summed over all ranks. Only rank 0 writes (log,
+    checkpoints); under FSDP every rank runs every forward (each gathers weights).
 
     Resuming a run whose last checkpoint is final raises, unless ``finished_ok`` (the
     caller has outputs still to write: a kill after the last checkpoint); the saved state
@@ -115,6 +117,9 @@ def fit(
             train = m.train_examples(list(train), ctx)
     total = plan_steps(len(train), s, dist.world)
     span = s.grad_accum * dist.world  # micro-batches per optimizer step, all ranks together
+    # what forward/backward run through: DDP around the model, or the model sharded in
+    # place (FSDP: its parameters become this rank's shards, so the optimizer comes after)
+    engine = dist.wrap(model)
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
     scheduler = build_scheduler(
         optimizer, schedule=s.schedule, warmup=warmup_steps(s.warmup, total), total_steps=total
@@ -122,7 +127,7 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = [e.length for e in train]
     terms_of = [example_terms(e, model.head) for e in train]
-    state = TrainState(world=dist.world)
+    state = TrainState(world=dist.world, sharded=dist.fsdp)
     if resume:
         state = _restore(model, optimizer, scheduler, checkpoints, mitigations, dist)
         if state.stopped is not None and not finished_ok:
@@ -137,7 +142,6 @@ def fit(
         assert ctx is not None
         m.prepare(model, ctx)
     started = time.perf_counter() - state.elapsed
-    engine = dist.wrap(model)  # what forward/backward run through (DDP on several ranks)
     model.train()
 
     while state.step < total and state.stopped is None:
@@ -166,17 +170,20 @@ def fit(
             terms = sum(terms_of[i] for idx in micro for i in idx)
             # a rank without a micro-batch (an epoch's last step) still joins the gradient
             # all-reduce: with the first micro-batch of the step, weighted zero
-            weight = dist.world / per_step if mine else 0.0
-            pieces = mine or _first_piece(micro, train, s)
+            weight = dist.world / per_step
+            pieces = [(b, weight) for b in mine] or [(_first_piece(micro, train, s), 0.0)]
+            if dist.fsdp:  # each forward gathers weights: as many pieces on every rank
+                most = max(dist.gather(len(pieces)))
+                pieces += [(pieces[-1][0], 0.0)] * (most - len(pieces))
             local_loss, penalties = 0.0, {}
-            for k, batch in enumerate(pieces):
+            for k, (batch, w) in enumerate(pieces):
                 last = k == len(pieces) - 1
                 with contextlib.ExitStack() as stack:
                     if not last:
                         stack.enter_context(dist.no_sync(engine))
                     with autocast(s.precision, device):
                         loss_sum, _ = engine(_to(batch, device))
-                    objective = loss_sum * weight
+                    objective = loss_sum * w
                     if last:  # penalties join the step's one synchronised backward
                         for m in mitigations:
                             penalty = m.penalty(model, state.step)
@@ -184,7 +191,7 @@ def fit(
                                 objective = objective + penalty
                                 penalties[f"penalty.{m.name}"] = penalty.item()
                     objective.backward()
-                local_loss += loss_sum.item() if mine else 0.0
+                local_loss += loss_sum.item() if w else 0.0
             padded = sum(int(b["input_ids"].numel()) for b in mine)
             summed, padded_all = dist.all_sum([local_loss, float(padded)])
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
@@ -214,6 +221,8 @@ def fit(
                 optimizer.step()
                 for m in mitigations:
                     m.after_step(model)
+                if state.held_mb is None:  # gradients and optimizer state all exist now
+                    state.held_mb = held_mb(model, optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -235,10 +244,19 @@ def fit(
             # ---- validation, early stopping, checkpoint ---------------------------------
             if state.step % s.eval_every == 0 or state.step == total:
                 # each rank scores its share of the val examples; the sums are combined
-                val_sum, val_terms = dist.all_sum(list(loss_sums(
-                    model, val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.precision,
-                    max_tokens=s.max_batch_tokens,
-                )))  # fmt: skip
+                val_pieces = loss_pieces(
+                    val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.max_batch_tokens
+                )
+                mine_val = len(val_pieces)
+                if dist.fsdp:  # the same number of forwards on every rank (each gathers)
+                    most = max(dist.gather(mine_val))
+                    val_pieces += loss_pieces(val[:1], s.pad_id, 1)[:1] * (most - mine_val)
+                # FSDP: the root unit's weights stay gathered through validation and are
+                # sharded again after it (forward-only use leaves the root unsharded)
+                with dist.gathered(model):
+                    val_sum, val_terms = dist.all_sum(
+                        list(loss_sums(model, val_pieces, s.precision, counted=mine_val))
+                    )
                 val_loss = val_sum / max(val_terms, 1)
                 model.train()
                 improved = state.best_val is None or val_loss < state.best_val - s.min_delta
@@ -251,18 +269,22 @@ def fit(
                 elif state.step == total:
                     state.stopped = "completed"
                 scalars: dict[str, float] = {}
-                if dist.is_main and val_metrics is not None:  # generation metrics: rank 0
-                    scalars = val_metrics(model, state.step)
+                if val_metrics is not None:  # generation metrics: rank 0 (all ranks: FSDP)
+                    with dist.gathered(model):
+                        scalars = val_metrics(model, state.step)
                     model.train()
                 rngs = dist.gather(rng_state())  # every rank's, so each resumes its own
+                # full tensors (gathered from the shards under FSDP: every rank takes part)
+                trainable_now = dist.trainable_state(model)
+                optimizer_now = dist.optimizer_state(model, optimizer)
                 if dist.is_main:  # every file: rank 0 only
                     log.write({"step": state.step, "val_loss": val_loss,
                                "best_val": state.best_val, **scalars})  # fmt: skip
                     if progress is not None:
                         progress({"step": state.step, "total": total, "val_loss": val_loss})
                     save_checkpoint(
-                        checkpoints, state=state, trainable=model.trainable_state(),
-                        optimizer={"optimizer": optimizer.state_dict(),
+                        checkpoints, state=state, trainable=trainable_now,
+                        optimizer={"optimizer": optimizer_now,
                                    "scheduler": scheduler.state_dict()},
                         config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
                         extra={f"{m.name}/{k}": v for m in mitigations
@@ -288,11 +310,15 @@ def _restore(
 ) -> TrainState:
     pointer = read_pointer(checkpoints)
     if not pointer.get("last"):
-        return TrainState(world=dist.world)  # nothing saved yet: start from the beginning
+        return TrainState(
+            world=dist.world, sharded=dist.fsdp
+        )  # nothing saved yet: start from the beginning
     folder = checkpoints / str(pointer["last"])
-    state, trainable, opt = load_checkpoint(folder, rank=dist.rank, world=dist.world)
-    model.load_trainable_state(trainable)
-    optimizer.load_state_dict(opt["optimizer"])
+    state, trainable, opt = load_checkpoint(
+        folder, rank=dist.rank, world=dist.world, sharded=dist.fsdp
+    )
+    dist.load_trainable(model, trainable)
+    dist.load_optimizer(model, optimizer, opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     extra = load_extra_state(folder)
     for m in mitigations:
@@ -302,19 +328,25 @@ def _restore(
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The gradients' global norm (over all ranks' shards under FSDP), after clipping them
+    to ``max_norm``."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
     if max_norm is None:
-        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-        return float(torch.stack(grads).norm()) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _first_piece(micro: list[list[int]], train: Sequence[Encoded], s: LoopSettings) -> list[dict]:
+def _first_piece(micro: list[list[int]], train: Sequence[Encoded], s: LoopSettings) -> dict:
     """The first piece of a step's first micro-batch (a zero-weight stand-in)."""
     first = micro_batches(
         [train[i] for i in micro[0]], s.pad_id, max_tokens=s.max_batch_tokens,
         packing=s.packing, row_tokens=s.row_tokens,
     )  # fmt: skip
-    return first[:1]
+    return first[0]
 
 
 def _epoch(state: TrainState, batches_in_epoch: int) -> float:

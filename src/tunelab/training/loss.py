@@ -19,6 +19,7 @@ __all__ = [
     "chunked_cross_entropy",
     "example_nll",
     "example_terms",
+    "loss_pieces",
     "loss_terms",
     "mean_loss",
 ]
@@ -111,32 +112,48 @@ def mean_loss(
     """Mean loss per term over ``items`` (validation loss; exp() of it is perplexity)."""
     if not items:
         raise TrainingError("cannot compute a loss on an empty split", hint="raise data.split.val")
-    total, terms = loss_sums(model, items, pad_id, batch_size, precision, max_tokens=max_tokens)
+    total, terms = loss_sums(model, loss_pieces(items, pad_id, batch_size, max_tokens), precision)
     return total / max(terms, 1)
 
 
 @torch.no_grad()
 def loss_sums(
     model: TaskModel,
-    items: Sequence[Encoded],
-    pad_id: int,
-    batch_size: int,
+    pieces: Sequence[dict[str, torch.Tensor]],
     precision: str,
     *,
-    max_tokens: int | None = None,
+    counted: int | None = None,
 ) -> tuple[float, int]:
-    """Summed loss and term count over ``items`` (a data-parallel rank's share of them)."""
+    """Summed loss and term count over ``pieces`` (:func:`loss_pieces`).
+
+    Only the first ``counted`` pieces count (default: all). Under FSDP every forward is a
+    collective, so a rank with a smaller share of the val split runs uncounted repeats
+    until it has run as many forwards as the others.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, terms = 0.0, 0
-    for idx in eval_batches([e.length for e in items], batch_size):
-        for batch in micro_batches([items[i] for i in idx], pad_id, max_tokens=max_tokens):
-            with autocast(precision, device):
-                loss_sum, n = batch_loss(model, {k: v.to(device) for k, v in batch.items()})
+    for k, batch in enumerate(pieces):
+        with autocast(precision, device):
+            # through the module's call (not batch_loss): an FSDP root gathers its weights
+            loss_sum, n = model({key: v.to(device) for key, v in batch.items()})
+        if counted is None or k < counted:
             total, terms = total + loss_sum.item(), terms + n
     model.train(was_training)
     return total, terms
+
+
+def loss_pieces(
+    items: Sequence[Encoded], pad_id: int, batch_size: int, max_tokens: int | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """The padded pieces a loss over ``items`` is computed on (batches of similar length,
+    split above ``max_tokens``)."""
+    return [
+        batch
+        for idx in eval_batches([e.length for e in items], batch_size)
+        for batch in micro_batches([items[i] for i in idx], pad_id, max_tokens=max_tokens)
+    ]
 
 
 @torch.no_grad()
