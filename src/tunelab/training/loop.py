@@ -159,40 +159,22 @@ def fit(
             # trained on by exactly one rank, and N processes with grad_accum A take the
             # same steps as one process with grad_accum N x A.
             micro = order[state.batch_in_epoch : state.batch_in_epoch + span]
-            mine = [
-                piece
-                for idx in micro[dist.rank :: dist.world]
-                for piece in micro_batches(
-                    [train[i] for i in idx], s.pad_id, max_tokens=s.max_batch_tokens,
-                    packing=s.packing, row_tokens=s.row_tokens,
-                )
-            ]  # fmt: skip
             terms = sum(terms_of[i] for idx in micro for i in idx)
-            # a rank without a micro-batch (an epoch's last step) still joins the gradient
-            # all-reduce: with the first micro-batch of the step, weighted zero
-            weight = dist.world / per_step
-            pieces = [(b, weight) for b in mine] or [(_first_piece(micro, train, s), 0.0)]
-            if dist.fsdp:  # each forward gathers weights: as many pieces on every rank
-                most = max(dist.gather(len(pieces)))
-                pieces += [(pieces[-1][0], 0.0)] * (most - len(pieces))
-            local_loss, penalties = 0.0, {}
+            pieces = _rank_pieces(micro, train, s, dist, weight=dist.world / per_step)
+            local_loss, penalties = 0.0, dict[str, float]()
             for k, (batch, w) in enumerate(pieces):
                 last = k == len(pieces) - 1
-                with contextlib.ExitStack() as stack:
-                    if not last:
-                        stack.enter_context(dist.no_sync(engine))
+                # gradients are reduced over the ranks in the step's last backward only
+                with contextlib.nullcontext() if last else dist.no_sync(engine):
                     with autocast(s.precision, device):
                         loss_sum, _ = engine(_to(batch, device))
                     objective = loss_sum * w
-                    if last:  # penalties join the step's one synchronised backward
-                        for m in mitigations:
-                            penalty = m.penalty(model, state.step)
-                            if penalty is not None:
-                                objective = objective + penalty
-                                penalties[f"penalty.{m.name}"] = penalty.item()
+                    if last and mitigations:  # penalties join the synced backward
+                        penalty, penalties = _penalty(mitigations, model, state.step)
+                        objective = objective + penalty
                     objective.backward()
                 local_loss += loss_sum.item() if w else 0.0
-            padded = sum(int(b["input_ids"].numel()) for b in mine)
+            padded = sum(int(b["input_ids"].numel()) for b, w in pieces if w)
             summed, padded_all = dist.all_sum([local_loss, float(padded)])
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
             state.padded_tokens += int(padded_all)
@@ -202,16 +184,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 what = "loss" if not math.isfinite(step_loss) else "gradient norm"
                 if s.nonfinite == "stop":
-                    raise TrainingError(
-                        f"{what} became non-finite (loss {step_loss}, gradient norm "
-                        f"{grad_norm}) at step {state.step + 1}; training stopped and no "
-                        f"update was applied. Best checkpoint: "
-                        f"{read_pointer(checkpoints).get('best') or 'none yet'} in "
-                        f"{checkpoints}",
-                        hint="lower train.lr, check the data for empty or huge examples, use "
-                        "train.precision: fp32, or set train.nonfinite: skip to skip such "
-                        "batches",
-                    )
+                    raise _nonfinite_error(what, step_loss, grad_norm, state.step, checkpoints)
                 state.skipped += 1  # `skip`: this batch updates nothing; training goes on
                 if dist.is_main:
                     log.write({"step": state.step + 1, "skipped": state.skipped, "why": what})
@@ -243,22 +216,7 @@ def fit(
 
             # ---- validation, early stopping, checkpoint ---------------------------------
             if state.step % s.eval_every == 0 or state.step == total:
-                # each rank scores its share of the val examples; the sums are combined
-                val_pieces = loss_pieces(
-                    val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.max_batch_tokens
-                )
-                mine_val = len(val_pieces)
-                if dist.fsdp:  # the same number of forwards on every rank (each gathers)
-                    most = max(dist.gather(mine_val))
-                    val_pieces += loss_pieces(val[:1], s.pad_id, 1)[:1] * (most - mine_val)
-                # FSDP: the root unit's weights stay gathered through validation and are
-                # sharded again after it (forward-only use leaves the root unsharded)
-                with dist.gathered(model):
-                    val_sum, val_terms = dist.all_sum(
-                        list(loss_sums(model, val_pieces, s.precision, counted=mine_val))
-                    )
-                val_loss = val_sum / max(val_terms, 1)
-                model.train()
+                val_loss = _val_loss(model, val, s, dist)
                 improved = state.best_val is None or val_loss < state.best_val - s.min_delta
                 if improved:
                     state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
@@ -273,25 +231,15 @@ def fit(
                     with dist.gathered(model):
                         scalars = val_metrics(model, state.step)
                     model.train()
-                rngs = dist.gather(rng_state())  # every rank's, so each resumes its own
-                # full tensors (gathered from the shards under FSDP: every rank takes part)
-                trainable_now = dist.trainable_state(model)
-                optimizer_now = dist.optimizer_state(model, optimizer)
-                if dist.is_main:  # every file: rank 0 only
+                if dist.is_main:
                     log.write({"step": state.step, "val_loss": val_loss,
                                "best_val": state.best_val, **scalars})  # fmt: skip
                     if progress is not None:
                         progress({"step": state.step, "total": total, "val_loss": val_loss})
-                    save_checkpoint(
-                        checkpoints, state=state, trainable=trainable_now,
-                        optimizer={"optimizer": optimizer_now,
-                                   "scheduler": scheduler.state_dict()},
-                        config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
-                        extra={f"{m.name}/{k}": v for m in mitigations
-                               for k, v in m.state_dict().items()},
-                        rng=rngs,
-                    )  # fmt: skip
-                dist.barrier()  # the others wait: a resume always finds this checkpoint
+                _checkpoint(
+                    checkpoints, state, model, optimizer, scheduler, mitigations, dist,
+                    config_yaml=config_yaml, is_best=improved, keep=s.keep_checkpoints,
+                )  # fmt: skip
                 if state.stopped is not None:
                     break
         if state.batch_in_epoch >= len(order):
@@ -309,10 +257,8 @@ def _restore(
     dist: Dist,
 ) -> TrainState:
     pointer = read_pointer(checkpoints)
-    if not pointer.get("last"):
-        return TrainState(
-            world=dist.world, sharded=dist.fsdp
-        )  # nothing saved yet: start from the beginning
+    if not pointer.get("last"):  # nothing saved yet: start from the beginning
+        return TrainState(world=dist.world, sharded=dist.fsdp)
     folder = checkpoints / str(pointer["last"])
     state, trainable, opt = load_checkpoint(
         folder, rank=dist.rank, world=dist.world, sharded=dist.fsdp
@@ -325,6 +271,101 @@ def _restore(
         prefix = f"{m.name}/"
         m.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
     return state
+
+
+def _rank_pieces(
+    micro: list[list[int]], train: Sequence[Encoded], s: LoopSettings, dist: Dist, weight: float
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """This rank's (piece, loss weight) pairs of one optimizer step.
+
+    The step's micro-batches are dealt round-robin to the ranks, each split into pieces
+    (``max_batch_tokens``, packing). A rank left without one (an epoch's uneven last step)
+    still joins the gradient all-reduce, with the step's first piece weighted zero. Under
+    FSDP every forward gathers weights from all ranks, so each rank runs as many pieces as
+    the rank with most: the others repeat their last piece, weighted zero.
+    """
+    mine = [
+        piece
+        for idx in micro[dist.rank :: dist.world]
+        for piece in micro_batches(
+            [train[i] for i in idx], s.pad_id, max_tokens=s.max_batch_tokens,
+            packing=s.packing, row_tokens=s.row_tokens,
+        )
+    ]  # fmt: skip
+    pieces = [(b, weight) for b in mine] or [(_first_piece(micro, train, s), 0.0)]
+    if dist.fsdp:
+        most = max(dist.gather(len(pieces)))
+        pieces += [(pieces[-1][0], 0.0)] * (most - len(pieces))
+    return pieces
+
+
+def _val_loss(model: TaskModel, val: Sequence[Encoded], s: LoopSettings, dist: Dist) -> float:
+    """Mean loss per term over the val examples; each rank scores its share and the sums
+    are combined. Under FSDP every rank runs as many forwards (repeats uncounted), and the
+    root unit's weights stay gathered through it and are sharded again after (a
+    forward-only pass would leave them unsharded)."""
+    pieces = loss_pieces(val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.max_batch_tokens)
+    mine = len(pieces)
+    if dist.fsdp:
+        pieces += loss_pieces(val[:1], s.pad_id, 1)[:1] * (max(dist.gather(mine)) - mine)
+    with dist.gathered(model):
+        total, terms = dist.all_sum(list(loss_sums(model, pieces, s.precision, counted=mine)))
+    model.train()
+    return total / max(terms, 1)
+
+
+def _checkpoint(
+    checkpoints: Path,
+    state: TrainState,
+    model: TaskModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    mitigations: Sequence[Mitigation],
+    dist: Dist,
+    **settings: Any,
+) -> None:
+    """Save the step (rank 0 writes); every rank takes part in gathering the full tensors
+    (FSDP) and the RNG states, and waits until the files exist, so a resume always finds
+    a checkpoint every rank reached. ``settings``: ``save_checkpoint``'s config_yaml,
+    is_best, keep."""
+    rngs = dist.gather(rng_state())  # every rank's, so each resumes its own
+    trainable = dist.trainable_state(model)
+    optimizer_state = dist.optimizer_state(model, optimizer)
+    if dist.is_main:
+        save_checkpoint(
+            checkpoints, state=state, trainable=trainable,
+            optimizer={"optimizer": optimizer_state, "scheduler": scheduler.state_dict()},
+            extra={f"{m.name}/{k}": v for m in mitigations for k, v in m.state_dict().items()},
+            rng=rngs, **settings,
+        )  # fmt: skip
+    dist.barrier()
+
+
+def _penalty(
+    mitigations: Sequence[Mitigation], model: TaskModel, step: int
+) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The mitigations' penalties summed (added to the step's objective) and each one's
+    value for the log (``penalty.<name>``)."""
+    total: torch.Tensor | float = 0.0
+    values = {}
+    for m in mitigations:
+        penalty = m.penalty(model, step)
+        if penalty is not None:
+            total = total + penalty
+            values[f"penalty.{m.name}"] = penalty.item()
+    return total, values
+
+
+def _nonfinite_error(
+    what: str, loss: float, grad_norm: float, step: int, checkpoints: Path
+) -> TrainingError:
+    return TrainingError(
+        f"{what} became non-finite (loss {loss}, gradient norm {grad_norm}) at step "
+        f"{step + 1}; training stopped and no update was applied. Best checkpoint: "
+        f"{read_pointer(checkpoints).get('best') or 'none yet'} in {checkpoints}",
+        hint="lower train.lr, check the data for empty or huge examples, use "
+        "train.precision: fp32, or set train.nonfinite: skip to skip such batches",
+    )
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
