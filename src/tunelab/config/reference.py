@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, get_origin
 
 from pydantic import BaseModel
@@ -68,6 +69,7 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 def _type(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "")
     text = text.replace("<class '", "").replace("'>", "")
+    text = re.sub(r"tunelab\.config\.\w+\.", "", text)  # a section class by its name
     return text.replace("|", "\\|")
 
 

@@ -3,7 +3,8 @@
 Every field has a description: they are the config reference (``tunelab config schema``,
 ``docs/config.md``). Unknown keys are errors (``extra="forbid"``); the loader adds a
 did-you-mean suggestion. Components never see this object: builder functions pick the
-plain values they need.
+plain values they need. The `data` and `forgetting` sections live in their own modules
+(``data_section.py``, ``forgetting_section.py``); this one assembles :class:`Config`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tunelab.config.data_section import (
+    AnonymizeConfig,
+    CleanConfig,
+    DataConfig,
+    SplitConfig,
+    TaskConfig,
+)
+from tunelab.config.forgetting_section import ForgettingConfig
+from tunelab.config.section import Section
 
 __all__ = [
     "AnonymizeConfig",
@@ -32,11 +43,7 @@ __all__ = [
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     base: str = Field(
         "smollm2-135m-instruct",
         description="Base model: a built-in alias (see `tunelab models`), a local Hugging Face "
@@ -56,261 +63,7 @@ class ModelConfig(_Section):
     )
 
 
-class SplitConfig(_Section):
-    method: Literal["auto", "random", "stratified", "group", "column"] = Field(
-        "auto",
-        description="`random`; `stratified`: label proportions kept equal across splits "
-        "(classification); `group`: rows sharing a value of `group_by` (e.g. `movie_name`) "
-        "always land in the same split; `column`: the split is read from `column` (values "
-        "train / val / validation / dev / test). `auto`: stratified for classification, else "
-        "random.",
-    )
-    val: float | int = Field(
-        0.1,
-        ge=0,
-        description="Validation size: a fraction (< 1) of the rows, or a row count (>= 1). "
-        "With `group` it counts groups' rows approximately (whole groups move).",
-    )
-    test: float | int = Field(
-        0.1, ge=0, description="Test size: a fraction (< 1) or a row count (>= 1)."
-    )
-    group_by: str | None = Field(
-        None, description="The column whose values keep rows together (method `group`)."
-    )
-    column: str | None = Field(
-        None, description="The column that names each row's split (method `column`)."
-    )
-    leakage: Literal["near", "exact", "off"] = Field(
-        "near",
-        description="After splitting, remove from val and test the rows that duplicate a row "
-        "of an earlier split: `exact` (same normalised text) or `near` (exact, plus MinHash "
-        "near duplicates at `clean.near_dedupe`, default 0.85). Counted in the data card.",
-    )
-    seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
-
-    @model_validator(mode="after")
-    def _sizes(self) -> SplitConfig:
-        fractions = [v for v in (self.val, self.test) if isinstance(v, float) and v < 1]
-        if len(fractions) == 2 and sum(fractions) >= 1.0:
-            raise ValueError(
-                f"val + test = {sum(fractions):g} leaves no training data; "
-                "make their sum smaller than 1"
-            )
-        for name, value in (("val", self.val), ("test", self.test)):
-            if isinstance(value, float) and value >= 1 and not value.is_integer():
-                raise ValueError(f"{name} = {value:g}: a fraction is below 1, a count is whole")
-        if self.method == "group" and not self.group_by:
-            raise ValueError("method 'group' needs `group_by: <column>`, e.g. movie_name")
-        if self.method == "column" and not self.column:
-            raise ValueError("method 'column' needs `column: <column>` naming each row's split")
-        return self
-
-
-class CleanConfig(_Section):
-    steps: list[str] = Field(
-        default_factory=lambda: ["unicode", "whitespace"],
-        description="Text cleaners applied in order to every text field: `unicode` (repair "
-        "mojibake with ftfy, NFC), `whitespace` (control characters, line ends, runs of "
-        "spaces), `html` (strip tags, unescape entities).",
-    )
-    min_tokens: int | None = Field(
-        None, ge=1, description="Drop rows with fewer tokens (of the base model's tokenizer)."
-    )
-    max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Drop rows with more tokens (prompt + response, the model's tokenizer); "
-        "null keeps them (training truncates to model.max_length).",
-    )
-    dedupe: bool = Field(
-        True, description="Drop exact duplicates (same text after NFKC, case and whitespace)."
-    )
-    near_dedupe: float | None = Field(
-        0.85,
-        gt=0,
-        le=1,
-        description="Drop near duplicates: MinHash LSH over character 5-grams, estimated "
-        "Jaccard similarity at or above this threshold; null disables.",
-    )
-
-    conflicts: Literal["drop", "majority", "keep"] = Field(
-        "drop",
-        description="Classification inputs seen with different labels: `drop` every such row, "
-        "keep the `majority` label's rows (a tie drops all), or `keep` them (reported only).",
-    )
-
-    @field_validator("steps")
-    @classmethod
-    def _known_steps(cls, steps: list[str]) -> list[str]:
-        from tunelab.data.clean import CLEANERS
-
-        unknown = [s for s in steps if s not in CLEANERS]
-        if unknown:
-            raise ValueError(f"unknown step(s) {unknown}; steps: {', '.join(CLEANERS)}")
-        return steps
-
-
-class AnonymizeConfig(_Section):
-    policy: Literal["redact", "mask", "pseudonymise"] = Field(
-        "redact",
-        description="`redact`: `[EMAIL]`, `[PHONE]`...; `mask`: letters and digits become "
-        "`*`; `pseudonymise`: a consistent fake value per original (see docs/pii.md).",
-    )
-    types: list[str] | None = Field(
-        None,
-        description="What to detect: email, phone, credit_card, iban, ip, url, national_id, "
-        "person. null: every structured type, plus person when a name model is set.",
-    )
-    name_model: str | None = Field(
-        None,
-        description="Path to a spaCy pipeline with an NER component, to detect person "
-        "names; without it names are not detected (the data card says so).",
-    )
-
-    @field_validator("types")
-    @classmethod
-    def _known_types(cls, types: list[str] | None) -> list[str] | None:
-        from tunelab.data.pii import PII_TYPES
-
-        unknown = [t for t in types or [] if t not in PII_TYPES]
-        if unknown:
-            raise ValueError(f"unknown type(s) {unknown}; types: {', '.join(PII_TYPES)}")
-        return types
-
-    @model_validator(mode="after")
-    def _person_needs_a_model(self) -> AnonymizeConfig:
-        if self.types and "person" in self.types and not self.name_model:
-            raise ValueError(
-                "type 'person' needs `name_model`: a spaCy pipeline with NER (none ships with "
-                "tunelab); or leave 'person' out"
-            )
-        return self
-
-
-class _Dataset(_Section):
-    """What a task and a retention set share: a named source and how to read it."""
-
-    source: str | list[str] = Field(description="Like `data.source`, for this task.")
-    format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
-        "auto", description="Like `data.format`."
-    )
-    columns: dict[str, str] = Field(default_factory=dict, description="Like `data.columns`.")
-    labels: list[str] | None = Field(None, description="Like `data.labels`.")
-    label_words: dict[str, str] = Field(
-        default_factory=dict, description="Like `data.label_words`."
-    )
-    template: str | list[str] | None = Field(None, description="Like `data.template`.")
-    system_prompt: str | None = Field(None, description="Like `data.system_prompt`.")
-
-
-class TaskConfig(_Dataset):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
-        description="Task name (data card, per-task evaluation)."
-    )
-    weight: float = Field(
-        1.0, gt=0, description="Share of the training mixture (`mixing: weights`)."
-    )
-    max_rows: int | None = Field(
-        None, ge=1, description="Cap on this task's rows (a seeded sample, before splitting)."
-    )
-
-
-_PER_TASK = ("source", "format", "columns", "labels", "label_words", "template", "system_prompt")
-
-
-class DataConfig(_Section):
-    source: str | list[str] = Field(
-        "rotten_tomatoes",
-        description="A built-in recipe (see `tunelab datasets`), or a path / glob / list of "
-        "paths to JSONL, JSON, CSV, TSV or Parquet files.",
-    )
-    format: Literal["auto", "classification", "instruction", "completion", "chat"] = Field(
-        "auto",
-        description="Row format. `auto` detects it from the columns and says which it chose.",
-    )
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="Map tunelab field names to your column names, e.g. "
-        "`{text: review, label: category}`. Fields: text, label, instruction, input, output, "
-        "prompt, completion, messages.",
-    )
-    labels: list[str] | None = Field(
-        None,
-        description="Classification labels in order. Default: the sorted distinct labels "
-        "of the data.",
-    )
-    label_words: dict[str, str] = Field(
-        default_factory=dict,
-        description="What the model says for each label, e.g. `{fresh: positive}`. Default: the "
-        "label itself.",
-    )
-    template: str | list[str] | None = Field(
-        None,
-        description="Prompt template: a built-in name (sentiment, classification, instruction, "
-        "completion, chat) or Jinja text using the row's fields. A list: one is chosen at "
-        "random (seeded) for each example, for instruction diversity. Default: by format.",
-    )
-    system_prompt: str | None = Field(
-        None, description="A system message put before every prompt (chat template only)."
-    )
-    max_rows: int | None = Field(
-        None, ge=1, description="Use at most this many rows (a seeded sample, before splitting)."
-    )
-    max_train: int | None = Field(
-        None, ge=1, description="Cap the training split at this many rows (seeded sample)."
-    )
-    max_val: int | None = Field(
-        None, ge=1, description="Cap the validation split at this many rows (seeded sample)."
-    )
-    max_test: int | None = Field(
-        None, ge=1, description="Cap the test split at this many rows (seeded sample)."
-    )
-    validation: Literal["strict", "lenient"] = Field(
-        "lenient",
-        description="`strict`: stop at the first bad rows with a summary (file:line:field: "
-        "problem); `lenient`: write bad rows to `data/rejected.jsonl` and go on.",
-    )
-    max_rejected: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="Lenient mode still stops when more than this fraction of rows is "
-        "invalid: that is a wrong column mapping or format, not a few bad rows.",
-    )
-    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning and dedupe.")
-    anonymize: AnonymizeConfig | None = Field(
-        default_factory=AnonymizeConfig,
-        description="Detect and replace personal data in every text field; null disables.",
-    )
-    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/val/test split.")
-    tasks: list[TaskConfig] | None = Field(
-        None,
-        description="Several tasks in one run (multi-task): each with its own source, format, "
-        "templates and weight. Then leave `source`, `format`, `columns`, `labels`, "
-        "`label_words`, `template` and `system_prompt` at the top unset.",
-    )
-    mixing: Literal["weights", "size"] = Field(
-        "weights",
-        description="How tasks share the training split: by their `weight`, or by their size "
-        "n to the power 1/`temperature` (1: proportional, larger: more uniform).",
-    )
-    temperature: float = Field(1.0, gt=0, description="Temperature of `mixing: size` sampling.")
-
-    @model_validator(mode="after")
-    def _tasks_or_top_level(self) -> DataConfig:
-        if self.tasks:
-            clash = sorted(self.model_fields_set & set(_PER_TASK))
-            if clash:
-                raise ValueError(
-                    f"with `tasks`, set {', '.join(clash)} inside each task, not at the top"
-                )
-            names = [t.name for t in self.tasks]
-            if len(set(names)) != len(names):
-                raise ValueError(f"task names must be distinct: {names}")
-        return self
-
-
-class LoraConfig(_Section):
+class LoraConfig(Section):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -327,7 +80,7 @@ class LoraConfig(_Section):
     )
 
 
-class MethodConfig(_Section):
+class MethodConfig(Section):
     kind: Literal["lora", "full", "frozen"] = Field(
         "lora",
         description="`lora`: train low-rank adapters; `full`: train every weight; `frozen`: "
@@ -350,7 +103,7 @@ class MethodConfig(_Section):
         return self
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     patience: int = Field(
         3, ge=1, description="Stop after this many validations without improvement."
     )
@@ -359,7 +112,7 @@ class EarlyStoppingConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
@@ -466,7 +219,7 @@ Metric = Literal[
 ]
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     metrics: list[Metric] | Literal["auto"] = Field(
         "auto",
         description="Metrics on the test split. `auto`: accuracy and f1 for classification; "
@@ -511,7 +264,7 @@ class EvalConfig(_Section):
     )
 
 
-class CompareConfig(_Section):
+class CompareConfig(Section):
     enabled: bool = Field(
         True,
         description="`run` compares the base model zero-shot and k-shot with the fine-tuned "
@@ -547,7 +300,7 @@ class CompareConfig(_Section):
     seed: int = Field(0, description="Seed of the demonstration draw and the sample.")
 
 
-class CalibrationConfig(_Section):
+class CalibrationConfig(Section):
     enabled: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Fit a temperature on the val split after training (classification and "
@@ -559,7 +312,7 @@ class CalibrationConfig(_Section):
     )
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     tensorboard: bool = Field(True, description="TensorBoard event files in `<run>/tensorboard`.")
     mlflow: bool = Field(
         False,
@@ -572,172 +325,7 @@ class TrackingConfig(_Section):
     experiment: str = Field("tunelab", description="MLflow experiment name.")
 
 
-class ReplayConfig(_Section):
-    ratio: float = Field(
-        0.2, gt=0, lt=1, description="Share of the training examples that are general data."
-    )
-    source: str | None = Field(
-        None,
-        description="Replay this dataset (a file or built-in recipe, chat/instruction/"
-        "completion rows) instead of the built-in general data.",
-    )
-
-
-class EwcConfig(_Section):
-    strength: float = Field(
-        1.0, ge=0, description="lambda: weight of the Fisher-weighted pull to the start."
-    )
-    samples: int = Field(
-        64, ge=1, description="General examples whose squared gradients estimate the Fisher."
-    )
-    normalize: bool = Field(
-        True,
-        description="Divide the Fisher by its mean, so `strength` reads like an L2-SP strength "
-        "on an average parameter.",
-    )
-
-
-class SiConfig(_Section):
-    strength: float = Field(1.0, ge=0, description="c: weight of the importance penalty.")
-    damping: float = Field(
-        0.1, gt=0, description="xi in omega / (delta^2 + xi): keeps the importance finite."
-    )
-    general_steps: int = Field(
-        16,
-        ge=0,
-        description="Steps of a consolidation path on general data before training: the "
-        "first round's estimate of what the base model's abilities depend on.",
-    )
-    normalize: bool = Field(True, description="Divide the importance by its mean.")
-    previous: str | None = Field(
-        None,
-        description="An earlier round's model folder (its `si_importance.safetensors`): this "
-        "round also protects what that round learned.",
-    )
-
-
-class L2spConfig(_Section):
-    strength: float = Field(
-        1.0, ge=0, description="alpha/2 * sum (theta - theta_start)^2 is added to the loss."
-    )
-
-
-class KdConfig(_Section):
-    strength: float = Field(
-        1.0, ge=0, description="Weight of KL(base || tuned) on general batches."
-    )
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature of both models.")
-    batch_size: int | None = Field(
-        None, ge=1, description="General examples per step; null uses `train.batch_size`."
-    )
-    source: str | None = Field(
-        None, description="Distil on this dataset instead of the built-in general data."
-    )
-
-
-class WiseConfig(_Section):
-    alpha: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Weight of the fine-tuned weights: (1-alpha) * start + alpha * tuned; "
-        "1.0 keeps the fine-tuned model.",
-    )
-
-
-class MitigationsConfig(_Section):
-    replay: ReplayConfig | None = Field(
-        None, description="Mix general data into training (multi-task learning)."
-    )
-    ewc: EwcConfig | None = Field(
-        None, description="Elastic weight consolidation (Kirkpatrick et al., 2017)."
-    )
-    si: SiConfig | None = Field(None, description="Synaptic intelligence (Zenke et al., 2017).")
-    l2sp: L2spConfig | None = Field(
-        None, description="L2 penalty toward the starting weights (Li et al., 2018)."
-    )
-    kd: KdConfig | None = Field(
-        None, description="Distillation from the base model on general data (Li & Hoiem, 2016)."
-    )
-    wise: WiseConfig | None = Field(
-        None, description="Weight-space interpolation with the base (Wortsman et al., 2022)."
-    )
-
-
-class RetentionSetConfig(_Dataset):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
-        description="Probe name in reports."
-    )
-    metric: Literal["auto", "nll", "accuracy", "rougeL", "exact_match", "match_f1"] = Field(
-        "auto",
-        description="How each example is scored: `auto` is accuracy for classification, "
-        "else nll (the reference response's negative log-likelihood).",
-    )
-    max_examples: int | None = Field(
-        None, ge=1, description="Seeded sample size; null uses `forgetting.max_examples`."
-    )
-
-
-class SweepConfig(_Section):
-    alphas: list[float] = Field(
-        [0.0, 0.25, 0.5, 0.75, 1.0],
-        min_length=1,
-        description="WiSE mixing coefficients that `tunelab forgetting sweep` evaluates.",
-    )
-    min_retention: float = Field(
-        0.95,
-        ge=0,
-        le=1,
-        description="Choose the alpha with the best task metric among those whose retention "
-        "score is at least this; if none is, the alpha with the highest retention.",
-    )
-
-    @field_validator("alphas")
-    @classmethod
-    def _in_unit_interval(cls, value: list[float]) -> list[float]:
-        bad = [a for a in value if not 0.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"alphas must lie in [0, 1]; got {bad}")
-        return sorted(set(value))
-
-
-class ForgettingConfig(_Section):
-    suite: Literal["general", "none"] = Field(
-        "general",
-        description="Built-in retention suite measured before and after training: `general` "
-        "(knowledge QA, prose and chat perplexity, drift KL, instruction following); `none` "
-        "measures only `sets`.",
-    )
-    sets: list[RetentionSetConfig] = Field(
-        default_factory=list,
-        description="Your own retention sets, e.g. the task of a previous fine-tuning round.",
-    )
-    max_examples: int = Field(48, ge=2, description="Examples per probe (seeded sample).")
-    max_new_tokens: int = Field(32, ge=1, description="Generation length of the generation probes.")
-    batch_size: int = Field(16, ge=1, description="Examples per scoring batch.")
-    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
-    min_retention: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Fail the run (exit status 3) when the retention score is below this.",
-    )
-    general_examples: int = Field(
-        256,
-        ge=1,
-        description="General-domain training examples available to the mitigations (Fisher, "
-        "distillation, replay); disjoint from the suite's probes.",
-    )
-    mitigations: MitigationsConfig = Field(
-        default_factory=MitigationsConfig,
-        description="Mitigations, composable; each is off unless its section is present.",
-    )
-    sweep: SweepConfig = Field(
-        default_factory=SweepConfig, description="`tunelab forgetting sweep` settings."
-    )
-
-
-class SearchParam(_Section):
+class SearchParam(Section):
     """One dimension of a search space: a range (``low``/``high``) or a list of choices.
     Checked with the whole space (``tunelab.config.space``), so that every entry's problem
     is reported in one go."""
@@ -759,7 +347,7 @@ class SearchParam(_Section):
     )
 
 
-class SearchConfig(_Section):
+class SearchConfig(Section):
     trials: int = Field(
         20,
         ge=1,
@@ -820,7 +408,7 @@ class SearchConfig(_Section):
         return "minimize" if lower_is_better else "maximize"
 
 
-class Config(_Section):
+class Config(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         "run", description="Run name; the run folder is `<output_dir>/<name>`."
     )
