@@ -310,7 +310,11 @@ def run_pipeline(
     mitigations = forgetting.build_mitigations(cfg) if stages.train else []  # config errors first
     calibrating = stages.tuned_eval and assess.calibration_wanted(cfg, prep.labels)
     sink = _mlflow(cfg) if stages.train and dist.is_main else None
-    lm = load_base(cfg.model.base, dropout=cfg.train.dropout).to(device)
+    lm = load_base(cfg.model.base, dropout=cfg.train.dropout)
+    # FSDP moves each unit's shards to the device as it shards: the whole model never has
+    # to fit one GPU (it stays in host memory until then)
+    if not dist.fsdp:
+        lm = lm.to(device)
     say(f"model: {cfg.model.base} on {device} ({precision}, {env.threads} threads)")
     if dist.world > 1:
         say(f"data parallel: {dist.world} processes ({dist.kind}, {dist.backend})")
@@ -348,7 +352,9 @@ def run_pipeline(
         if cached:
             say("retention of the base model: cached")
 
-    model = start_model(cfg, lm, task).to(device)
+    model = start_model(cfg, lm, task)
+    if not dist.fsdp:
+        model = model.to(device)
     results["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results["total_params"] = sum(p.numel() for p in model.parameters())
 
@@ -387,9 +393,8 @@ def run_pipeline(
         if not dist.is_main:  # rank 0 writes the model and results; the others are done
             dist.close()
             return {"training": {"steps": state.step, "stopped": state.stopped}}
-        if dist.fsdp:  # the sharded model is done; rank 0 assembles the best one unsharded
+        if dist.fsdp:  # rank 0 assembles the best model unsharded, in host memory, to save it
             model = start_model(cfg, load_base(cfg.model.base, dropout=cfg.train.dropout), task)
-            model.to(device)
         best = read_pointer(run_dir / "checkpoints").get("best")
         if best:
             trainable = load_weights(run_dir / "checkpoints" / best)

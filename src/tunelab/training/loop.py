@@ -107,7 +107,6 @@ def fit(
     caller has outputs still to write: a kill after the last checkpoint); the saved state
     is then returned as it is.
     """
-    device = next(model.parameters()).device
     if mitigations:
         assert ctx is not None, "mitigations need a Context"
         # the start point every penalty pulls toward; a resumed run rebuilds the same model
@@ -120,6 +119,7 @@ def fit(
     # what forward/backward run through: DDP around the model, or the model sharded in
     # place (FSDP: its parameters become this rank's shards, so the optimizer comes after)
     engine = dist.wrap(model)
+    device = next(model.parameters()).device  # FSDP puts the shards on the rank's device
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
     scheduler = build_scheduler(
         optimizer, schedule=s.schedule, warmup=warmup_steps(s.warmup, total), total_steps=total
