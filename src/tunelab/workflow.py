@@ -6,7 +6,7 @@ at each validation) → export → calibration temperature on val → eval of th
 checkpoint, its compare row and its retention → ``results.json`` → ``report.html`` and the
 tracking summary. Each stage is also callable alone (the ``prepare``/``train`` verbs;
 ``eval``, ``compare`` and ``calibrate`` live in ``stages.py``). Components receive plain
-values; only the builders here read the config.
+values built from the config by ``builders.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ from typing import Any
 import torch
 
 from tunelab import __version__, assess
+from tunelab.builders import data_spec, eval_settings, loop_settings
 from tunelab.config import Config, dump_config
-from tunelab.data.ingest import CleanSpec, TaskSpec
 from tunelab.data.prepare import (
-    AnonymizeSpec,
-    DataSpec,
     Prepared,
-    SplitSpec,
     prepare,
     read_prepared,
 )
@@ -37,7 +34,7 @@ from tunelab.data.split import sample
 from tunelab.data.token_cache import cached_encode, tokenizer_fingerprint
 from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_ids
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.evaluation.evaluate import EvalSettings, default_metrics, predict, score
+from tunelab.evaluation.evaluate import EvalSettings, predict, score
 from tunelab.evaluation.live import ValScorer
 from tunelab.forgetting import runner as forgetting
 from tunelab.models.loading import describe_base, load_base, load_tokenizer
@@ -48,7 +45,7 @@ from tunelab.results import peak_rss_mb, write_json
 from tunelab.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.distributed import Dist, current
-from tunelab.training.loop import LoopSettings, fit
+from tunelab.training.loop import fit
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.optim import resolve_precision
 
@@ -56,10 +53,7 @@ __all__ = [
     "Setup",
     "Stages",
     "TaskData",
-    "data_spec",
     "encode_splits",
-    "eval_settings",
-    "loop_settings",
     "prepare_stage",
     "run_pipeline",
     "set_threads",
@@ -84,90 +78,6 @@ class Stages:
     base_eval: bool = True
     train: bool = True
     tuned_eval: bool = True
-
-
-# ---- builders: config -> plain values ----------------------------------------------------
-
-
-def data_spec(cfg: Config) -> DataSpec:
-    d = cfg.data
-    if d.tasks:
-        tasks = tuple(_task_spec(t.name, t, t.weight, t.max_rows) for t in d.tasks)
-    else:
-        tasks = (_task_spec("data", d, 1.0, d.max_rows),)
-    c, s, a = d.clean, d.split, d.anonymize
-    return DataSpec(
-        tasks=tasks,
-        clean=CleanSpec(
-            steps=tuple(c.steps), min_tokens=c.min_tokens, max_tokens=c.max_tokens,
-            dedupe=c.dedupe, near_threshold=c.near_dedupe, conflicts=c.conflicts,
-        ),
-        anonymize=None if a is None else AnonymizeSpec(
-            policy=a.policy, types=tuple(a.types) if a.types else None, name_model=a.name_model
-        ),
-        split=SplitSpec(
-            method=s.method, val=s.val, test=s.test, group_by=s.group_by, column=s.column,
-            seed=s.seed, leakage=s.leakage,
-        ),
-        validation=d.validation,
-        max_rejected=d.max_rejected,
-        caps={"train": d.max_train, "val": d.max_val, "test": d.max_test},
-        mixing=d.mixing,
-        temperature=d.temperature,
-    )  # fmt: skip
-
-
-def _task_spec(name: str, t: Any, weight: float, max_rows: int | None) -> TaskSpec:
-    """A TaskSpec from ``data`` or one of ``data.tasks`` (the fields they share)."""
-    templates = [t.template] if isinstance(t.template, str) else list(t.template or [])
-    return TaskSpec(
-        name=name, source=t.source, format=t.format, columns=dict(t.columns),
-        labels=tuple(t.labels) if t.labels else None, label_words=dict(t.label_words),
-        templates=tuple(templates), system_prompt=t.system_prompt, weight=weight,
-        max_rows=max_rows,
-    )  # fmt: skip
-
-
-def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
-    t = cfg.train
-    return LoopSettings(
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr=t.lr,
-        schedule=t.schedule,
-        warmup=t.warmup,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        precision=precision,
-        eval_every=t.eval_every,
-        log_every=t.log_every,
-        patience=t.early_stopping.patience if t.early_stopping else None,
-        min_delta=t.early_stopping.min_delta if t.early_stopping else 0.0,
-        seed=t.seed,
-        keep_checkpoints=t.keep_checkpoints,
-        pad_id=pad_id,
-        max_batch_tokens=t.max_batch_tokens,
-        packing=t.packing,
-        row_tokens=cfg.model.max_length,
-        length_grouping=t.length_grouping,
-        nonfinite=t.nonfinite,
-    )
-
-
-def eval_settings(cfg: Config, precision: str, pad_id: int, classification: bool) -> EvalSettings:
-    metrics = cfg.eval.metrics
-    return EvalSettings(
-        metrics=default_metrics(classification) if metrics == "auto" else list(metrics),
-        batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens,
-        precision=precision,
-        pad_id=pad_id,
-        samples=cfg.eval.samples,
-        bootstrap=cfg.eval.bootstrap,
-        seed=cfg.train.seed,
-    )
 
 
 def set_threads(threads: int | None) -> int:
