@@ -136,6 +136,12 @@ def test_errors_are_one_message_without_traceback(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "tunelab", "--debug", "config", "validate",
                             str(bad)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+    # a process of a distributed launch names its rank (each rank reports its own failure)
+    ranked = subprocess.run([sys.executable, "-m", "tunelab", "config", "validate", str(bad)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RANK": "1"})  # fmt: skip
+    assert ranked.stderr.startswith("error (rank 1): ") and "train.epoch" in ranked.stderr
+    assert "(rank" not in proc.stderr
 
 
 def test_data_error_names_file_line_and_field(tmp_path, tiny_model_dir):

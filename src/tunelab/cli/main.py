@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import typer
@@ -108,7 +109,9 @@ _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EAC
 
 
 def _print_error(exc: TunelabError) -> None:
-    err_console.print("[bold red]error:[/] ", end="")
+    rank = os.environ.get("RANK", "0")  # a process of a distributed launch says which one
+    where = f" (rank {rank})" if rank not in ("", "0") else ""
+    err_console.print(f"[bold red]error{where}:[/] ", end="")
     err_console.print(str(exc), markup=False, highlight=False)
     err_console.print("[dim](run with --debug for the traceback)[/]")
 
