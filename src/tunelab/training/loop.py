@@ -161,19 +161,10 @@ def fit(
             micro = order[state.batch_in_epoch : state.batch_in_epoch + span]
             terms = sum(terms_of[i] for idx in micro for i in idx)
             pieces = _rank_pieces(micro, train, s, dist, weight=dist.world / per_step)
-            local_loss, penalties = 0.0, dict[str, float]()
-            for k, (batch, w) in enumerate(pieces):
-                last = k == len(pieces) - 1
-                # gradients are reduced over the ranks in the step's last backward only
-                with contextlib.nullcontext() if last else dist.no_sync(engine):
-                    with autocast(s.precision, device):
-                        loss_sum, _ = engine(_to(batch, device))
-                    objective = loss_sum * w
-                    if last and mitigations:  # penalties join the synced backward
-                        penalty, penalties = _penalty(mitigations, model, state.step)
-                        objective = objective + penalty
-                    objective.backward()
-                local_loss += loss_sum.item() if w else 0.0
+            local_loss, penalties = _accumulate(
+                engine, pieces, dist, s.precision, device,
+                penalty=lambda: _penalty(mitigations, model, state.step),
+            )  # fmt: skip
             padded = sum(int(b["input_ids"].numel()) for b, w in pieces if w)
             summed, padded_all = dist.all_sum([local_loss, float(padded)])
             state.tokens += sum(lengths[i] for idx in micro for i in idx)
@@ -339,6 +330,34 @@ def _checkpoint(
             rng=rngs, **settings,
         )  # fmt: skip
     dist.barrier()
+
+
+def _accumulate(
+    engine: torch.nn.Module,
+    pieces: list[tuple[dict[str, torch.Tensor], float]],
+    dist: Dist,
+    precision: str,
+    device: torch.device,
+    *,
+    penalty: Callable[[], tuple[torch.Tensor | float, dict[str, float]]],
+) -> tuple[float, dict[str, float]]:
+    """Forward and backward of this rank's (piece, weight) pairs of one step: gradients
+    accumulate, and are reduced over the ranks in the last backward only, which also
+    carries the mitigations' ``penalty()``. Returns the summed loss of the pieces that count
+    (weight > 0) and the penalties' values."""
+    local_loss, penalties = 0.0, dict[str, float]()
+    for k, (batch, w) in enumerate(pieces):
+        last = k == len(pieces) - 1
+        with contextlib.nullcontext() if last else dist.no_sync(engine):
+            with autocast(precision, device):
+                loss_sum, _ = engine(_to(batch, device))
+            objective = loss_sum * w
+            if last:
+                extra, penalties = penalty()
+                objective = objective + extra if penalties else objective
+            objective.backward()
+        local_loss += loss_sum.item() if w else 0.0
+    return local_loss, penalties
 
 
 def _penalty(
