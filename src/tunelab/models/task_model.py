@@ -84,7 +84,8 @@ class TaskModel(nn.Module):
         """Only the parameters that training changes (adapters, head, or everything)."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+    def check_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise unless ``state`` names exactly the trainable parameters (and no others)."""
         params = dict(self.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         unknown = [n for n in state if n not in params]
@@ -92,6 +93,10 @@ class TaskModel(nn.Module):
             raise ValueError(
                 f"trainable state mismatch: missing={missing[:3]} unknown={unknown[:3]}"
             )
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.check_trainable_state(state)
+        params = dict(self.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)

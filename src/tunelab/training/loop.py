@@ -275,15 +275,15 @@ def _rank_pieces(
     FSDP every forward gathers weights from all ranks, so each rank runs as many pieces as
     the rank with most: the others repeat their last piece, weighted zero.
     """
-    mine = [
-        piece
-        for idx in micro[dist.rank :: dist.world]
-        for piece in micro_batches(
+
+    def split(idx: list[int]) -> list[dict[str, torch.Tensor]]:
+        return micro_batches(
             [train[i] for i in idx], s.pad_id, max_tokens=s.max_batch_tokens,
             packing=s.packing, row_tokens=s.row_tokens,
-        )
-    ]  # fmt: skip
-    pieces = [(b, weight) for b in mine] or [(_first_piece(micro, train, s), 0.0)]
+        )  # fmt: skip
+
+    mine = [piece for idx in micro[dist.rank :: dist.world] for piece in split(idx)]
+    pieces = [(b, weight) for b in mine] or [(split(micro[0])[0], 0.0)]
     if dist.fsdp:
         most = max(dist.gather(len(pieces)))
         pieces += [(pieces[-1][0], 0.0)] * (most - len(pieces))
@@ -398,15 +398,6 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
     else:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
-def _first_piece(micro: list[list[int]], train: Sequence[Encoded], s: LoopSettings) -> dict:
-    """The first piece of a step's first micro-batch (a zero-weight stand-in)."""
-    first = micro_batches(
-        [train[i] for i in micro[0]], s.pad_id, max_tokens=s.max_batch_tokens,
-        packing=s.packing, row_tokens=s.row_tokens,
-    )  # fmt: skip
-    return first[0]
 
 
 def _epoch(state: TrainState, batches_in_epoch: int) -> float:

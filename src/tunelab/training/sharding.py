@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from tunelab.models.task_model import TaskModel
 
 __all__ = [
     "gather_trainable",
@@ -89,15 +92,11 @@ def held_mb(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
     return round(total / 2**20, 3)
 
 
-def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_trainable(model: TaskModel, state: dict[str, torch.Tensor]) -> None:
     """Copy full trainable tensors into the sharded parameters (each rank keeps its part)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    unknown = [n for n in state if n not in params]
-    if missing or unknown:
-        raise ValueError(f"trainable state mismatch: missing={missing[:3]} unknown={unknown[:3]}")
+    model.check_trainable_state(state)
     full: dict[str, Any] = dict(state)
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
 
