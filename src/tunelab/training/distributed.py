@@ -114,6 +114,12 @@ class Dist:
         else:
             optimizer.load_state_dict(state)
 
+    def most_forwards(self, mine: int) -> int:
+        """How many forward passes this rank must run when it has ``mine`` of its own:
+        under FSDP every forward gathers weights from all ranks, so every rank runs as many
+        as the busiest one (a collective); otherwise ``mine``."""
+        return max(self.gather(mine)) if self.fsdp else mine
+
     def gathered(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         return sharding.root_gathered(model) if self.fsdp else contextlib.nullcontext()
 

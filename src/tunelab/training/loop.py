@@ -284,9 +284,7 @@ def _rank_pieces(
 
     mine = [piece for idx in micro[dist.rank :: dist.world] for piece in split(idx)]
     pieces = [(b, weight) for b in mine] or [(split(micro[0])[0], 0.0)]
-    if dist.fsdp:
-        most = max(dist.gather(len(pieces)))
-        pieces += [(pieces[-1][0], 0.0)] * (most - len(pieces))
+    pieces += [(pieces[-1][0], 0.0)] * (dist.most_forwards(len(pieces)) - len(pieces))
     return pieces
 
 
@@ -297,8 +295,8 @@ def _val_loss(model: TaskModel, val: Sequence[Encoded], s: LoopSettings, dist: D
     forward-only pass would leave them unsharded)."""
     pieces = loss_pieces(val[dist.rank :: dist.world], s.pad_id, s.batch_size, s.max_batch_tokens)
     mine = len(pieces)
-    if dist.fsdp:
-        pieces += loss_pieces(val[:1], s.pad_id, 1)[:1] * (max(dist.gather(mine)) - mine)
+    if missing := dist.most_forwards(mine) - mine:
+        pieces += loss_pieces(val[:1], s.pad_id, 1)[:1] * missing
     with dist.gathered(model):
         total, terms = dist.all_sum(list(loss_sums(model, pieces, s.precision, counted=mine)))
     model.train()
