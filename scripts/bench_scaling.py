@@ -36,11 +36,11 @@ def _config(n: int, folder: Path) -> dict:
 
 def child_data(n: int) -> dict:
     """Generate n rows, then prepare + tokenise them as `tunelab prepare` would."""
-    from tunelab.bench.synthetic import write_rows
+    from tunelab.recipes.bench.synthetic import write_rows
     from tunelab.config import Config
     from tunelab.models.loading import load_tokenizer
     from tunelab.results import peak_rss_mb
-    from tunelab.workflow import encode_splits, prepare_stage
+    from tunelab.recipes.run import encode_splits, prepare_stage
 
     folder = OUT.parent / "scaling"
     start = time.perf_counter()
@@ -62,7 +62,7 @@ def child_epoch(n: int) -> dict:
     """One epoch of LoRA training (batch 8) on the prepared rows, through run_pipeline."""
     from tunelab.config import Config
     from tunelab.results import peak_rss_mb
-    from tunelab.workflow import Stages, run_pipeline
+    from tunelab.recipes.run import Stages, run_pipeline
 
     folder = OUT.parent / "scaling"
     cfg = Config.model_validate(_config(n, folder))

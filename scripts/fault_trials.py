@@ -127,7 +127,7 @@ def _attempt(config_path: Path, resume: bool, shared: Shared, log_path: Path) ->
     os.dup2(log, 2)
     _observe_saves(shared)
     from tunelab.config import load_config
-    from tunelab.workflow import Stages, run_pipeline
+    from tunelab.recipes.run import Stages, run_pipeline
 
     def progress(event: dict[str, Any]) -> None:
         if "loss" in event:
@@ -338,7 +338,7 @@ def run_trials(work: Path, trials: int, seed: int, s: Settings = Settings(),
     # imported once here, not in every forked attempt (presidio: data preparation's PII scan)
     import presidio_analyzer  # noqa: F401
 
-    import tunelab.workflow  # noqa: F401
+    import tunelab.recipes.run  # noqa: F401
 
     work.mkdir(parents=True, exist_ok=True)
     model_dir = model_dir or build_tiny_model(work / "tiny-model")

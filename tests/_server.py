@@ -1,4 +1,4 @@
-"""A real server process for tests: ``python -m tunelab.serving`` on a free loopback port."""
+"""A real server process for tests: ``python -m tunelab.cli.serve`` on a free loopback port."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def running_server(model: Path, log: Path, *options: str) -> Iterator[Server]:
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "tunelab.serving", str(model), "--port", str(port), *options]
+    cmd = [sys.executable, "-m", "tunelab.cli.serve", str(model), "--port", str(port), *options]
     env = {**os.environ, "TUNELAB_API_KEYS": ""}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -10,9 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from tunelab.bench.eval_speed import match_label
 from tunelab.cli.main import app
 from tunelab.errors import ConfigError
+from tunelab.recipes.bench.eval_speed import match_label
 
 runner = CliRunner()
 
@@ -45,7 +45,7 @@ def test_bench_eval_reports_both_paths(tmp_path, tiny_model_dir, sentiment_file)
 
 
 def test_generated_rows_are_reproducible_and_long_tailed():
-    from tunelab.bench.synthetic import instruction_rows, length_summary
+    from tunelab.recipes.bench.synthetic import instruction_rows, length_summary
 
     rows = instruction_rows(400, seed=3)
     assert rows == instruction_rows(400, seed=3)
@@ -61,7 +61,7 @@ def test_generated_rows_are_reproducible_and_long_tailed():
 def test_train_flops_counts_what_the_docstring_says():
     from types import SimpleNamespace
 
-    from tunelab.bench.train_speed import train_flops
+    from tunelab.recipes.bench.train_speed import train_flops
 
     cfg = SimpleNamespace(hidden_size=4, num_hidden_layers=2, vocab_size=10)
     # one row of 3 tokens, 1 response token, 100 block parameters
@@ -71,7 +71,7 @@ def test_train_flops_counts_what_the_docstring_says():
 
 
 def test_bench_train_runs_tunelab_and_the_trainer_peer_on_the_same_rows(tmp_path, tiny_model_dir):
-    from tunelab.bench.train_speed import TrainBenchSpec, bench_train
+    from tunelab.recipes.bench.train_speed import TrainBenchSpec, bench_train
 
     spec = TrainBenchSpec(
         data=str(tmp_path / "rows.jsonl"), out_dir=str(tmp_path / "bench"),

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from tunelab.cli.main import app
-from tunelab.inference import load_any, reply
+from tunelab.models.generation import load_any, reply
 from tunelab.models.saved import load_trained
 from tunelab.training.checkpoint import read_pointer
 

@@ -19,7 +19,9 @@ from tunelab.cli.distill import distill, parse_keep
 from tunelab.cli.main import app as main_app
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
-from tunelab.models.distill import (
+from tunelab.models.saved import load_trained
+from tunelab.recipes.distill import distill_stage
+from tunelab.recipes.distill_student import (
     DistillSettings,
     check_vocab,
     distill_settings,
@@ -29,10 +31,8 @@ from tunelab.models.distill import (
     resolve_keep,
     shallow_student,
 )
-from tunelab.models.distill_stage import distill_stage
-from tunelab.models.saved import load_trained
-from tunelab.stages import evaluate_stage
-from tunelab.workflow import setup
+from tunelab.recipes.run import setup
+from tunelab.recipes.stages import evaluate_stage
 
 runner = CliRunner()
 app = typer.Typer()

@@ -22,8 +22,8 @@ import yaml
 from conftest import kill_after_checkpoint, tiny_config
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, ConfigError, TunelabError
+from tunelab.recipes.run import Stages, check_distributed, run_pipeline
 from tunelab.training.checkpoint import load_weights, read_pointer
-from tunelab.workflow import Stages, check_distributed, run_pipeline
 
 pytestmark = pytest.mark.slow
 

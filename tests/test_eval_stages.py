@@ -16,9 +16,9 @@ from conftest import tiny_config
 from tunelab.cli.main import app
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
-from tunelab.tracking import final_scalars, open_mlflow
-from tunelab.training.loss import example_nll, mean_loss
-from tunelab.workflow import run_pipeline
+from tunelab.models.nll import example_nll, mean_loss
+from tunelab.recipes.run import run_pipeline
+from tunelab.report.tracking import final_scalars, open_mlflow
 
 runner = CliRunner()
 

@@ -29,8 +29,8 @@ from conftest import tiny_config, write_sentiment_jsonl
 from tunelab.cli import export as export_cli
 from tunelab.cli.main import app as tunelab_app
 from tunelab.errors import ConfigError, ModelError
-from tunelab.models.export import export_model
-from tunelab.models.model_card import model_card
+from tunelab.export.folder import export_model
+from tunelab.export.model_card import model_card
 from tunelab.models.saved import load_trained
 
 runner = CliRunner()

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from tunelab.cli.forgetting import choose_alpha
 from tunelab.cli.main import app
 from tunelab.config import parse_config
 from tunelab.errors import ConfigError, ForgettingError
+from tunelab.recipes.forgetting_sweep import choose_alpha
+from tunelab.recipes.run import Stages, run_pipeline
 from tunelab.training.checkpoint import read_pointer
-from tunelab.workflow import Stages, run_pipeline
 
 runner = CliRunner()
 SMALL = {"max_examples": 6, "max_new_tokens": 4, "batch_size": 8, "bootstrap": 200,

@@ -16,8 +16,9 @@ from tunelab.data.tokenize import Encoded
 from tunelab.errors import ModelError
 from tunelab.evaluation.scoring import generate
 from tunelab.models.loading import resolve_base, tokenizer_from
+from tunelab.models.loss import batch_loss
+from tunelab.models.nll import mean_loss
 from tunelab.models.task_model import TaskModel
-from tunelab.training.loss import batch_loss, mean_loss
 
 runner = CliRunner()
 

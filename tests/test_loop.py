@@ -109,8 +109,8 @@ def test_every_loss_term_weighs_the_same_whatever_the_batch_it_lands_in(
 ):
     """A step's summed loss is divided by the epoch's mean terms per step (not its own)."""
     from tunelab.data.batching import collate, train_batches
+    from tunelab.models.loss import batch_loss
     from tunelab.training import loop
-    from tunelab.training.loss import batch_loss
 
     monkeypatch.setattr(
         loop, "build_optimizer", lambda m, lr, weight_decay: torch.optim.SGD(

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import Encoded
 from tunelab.evaluation.scoring import label_logits
+from tunelab.models.loss import batch_loss
+from tunelab.models.nll import mean_loss
 from tunelab.models.task_model import TaskModel, build_task_model
-from tunelab.training.loss import batch_loss, mean_loss
 
 
 @pytest.fixture()
@@ -93,7 +94,7 @@ def test_classifier_head_starts_as_restricted_label_scoring(lm):
 
 def test_chunked_cross_entropy_equals_plain_in_value_and_gradients():
     """Reference: F.cross_entropy over the full (N, V) logits, computed in one piece."""
-    from tunelab.training.loss import chunked_cross_entropy
+    from tunelab.models.loss import chunked_cross_entropy
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
@@ -151,7 +152,7 @@ def test_packed_rows_give_the_unpacked_loss(lm):
 
 
 def test_example_terms_count_what_the_loss_sums():
-    from tunelab.training.loss import example_terms, loss_terms
+    from tunelab.models.loss import example_terms, loss_terms
 
     items = [*_items(), Encoded([5, 6, 7], prompt_len=0)]  # no prompt: token 0 is no target
     for head in ("lm", "classifier"):

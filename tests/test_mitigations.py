@@ -30,15 +30,16 @@ from tunelab.forgetting.mitigations import (
     Mitigation,
     build_mitigations,
 )
-from tunelab.forgetting.mitigations.base import lm_nll, seeded_stream, trainable_params
+from tunelab.forgetting.mitigations.base import seeded_stream
 from tunelab.forgetting.mitigations.ewc import EWC, diagonal_fisher
 from tunelab.forgetting.mitigations.kd import KD, chunked_kl
 from tunelab.forgetting.mitigations.l2sp import weighted_distance
 from tunelab.forgetting.mitigations.replay import Replay, replay_count
 from tunelab.forgetting.mitigations.si import IMPORTANCE_FILE, SI, PathIntegral, path_importance
 from tunelab.forgetting.mitigations.wise import interpolate
+from tunelab.models.loss import batch_loss, lm_nll
 from tunelab.models.task_model import TaskModel, build_task_model
-from tunelab.training.loss import batch_loss
+from tunelab.training.hooks import trainable_params
 
 # small settings so every mitigation runs in well under a second on the tiny model
 OPTIONS: dict[str, dict] = {

@@ -369,7 +369,7 @@ def test_no_network_is_attempted(monkeypatch, caplog):
 
 
 def test_bench_pii_counts_are_consistent():
-    from tunelab.bench.pii import bench_pii
+    from tunelab.recipes.bench.pii import bench_pii
 
     result = bench_pii(n=200, seed=1)
     for name, m in result["per_type"].items():

@@ -15,10 +15,10 @@ from tunelab.data.batching import collate
 from tunelab.data.prepare import DataSpec, prepare
 from tunelab.data.tokenize import PromptFormatter, encode, label_token_ids
 from tunelab.evaluation.scoring import label_logits
-from tunelab.inference import reply
+from tunelab.models.generation import reply
 from tunelab.models.loading import load_base, load_tokenizer, resolve_base
+from tunelab.models.loss import batch_loss
 from tunelab.models.task_model import TaskModel, build_task_model
-from tunelab.training.loss import batch_loss
 
 pytestmark = pytest.mark.slow
 BASE = "smollm2-135m-instruct"

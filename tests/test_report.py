@@ -19,10 +19,10 @@ from conftest import tiny_config
 from tunelab.cli.main import app
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
+from tunelab.recipes.run import run_pipeline
 from tunelab.report import build_report, compare_chart, loss_curves, reliability_diagram
 from tunelab.report.plots import generation_metric_keys
 from tunelab.report.sections import SECTIONS
-from tunelab.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

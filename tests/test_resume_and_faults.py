@@ -25,7 +25,8 @@ from conftest import kill_after_checkpoint, tiny_config
 from tunelab.cli.main import app
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, TrainingError
-from tunelab.training import loss as loss_module
+from tunelab.models import task_model as task_model_module
+from tunelab.recipes.run import Stages, run_pipeline
 from tunelab.training.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -34,7 +35,6 @@ from tunelab.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from tunelab.workflow import Stages, run_pipeline
 
 runner = CliRunner()
 LONG = {"max_steps": 120, "eval_every": 5, "log_every": 5, "keep_checkpoints": 2}
@@ -110,7 +110,7 @@ def test_resume_after_the_last_checkpoint_writes_the_model(
 def _poison(monkeypatch, at_call: int, where: str) -> None:
     """Make the ``at_call``-th training forward give a NaN loss (``loss``) or a finite loss
     whose gradients are NaN (``grad``)."""
-    real = loss_module.batch_loss
+    real = task_model_module.batch_loss
     calls = {"n": 0}
 
     def poisoned(model, batch):
@@ -123,7 +123,7 @@ def _poison(monkeypatch, at_call: int, where: str) -> None:
                 loss.register_hook(lambda g: g * float("nan"))
         return loss, n
 
-    monkeypatch.setattr(loss_module, "batch_loss", poisoned)
+    monkeypatch.setattr(task_model_module, "batch_loss", poisoned)  # what forward() calls
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])

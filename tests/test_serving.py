@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from _server import running_server
 from conftest import tiny_config, write_sentiment_jsonl
 from tunelab.errors import ConfigError
-from tunelab.inference import load_any
+from tunelab.models.generation import load_any
 from tunelab.serving.app import check_auth_rule, create_app, is_loopback, load_api_keys
 from tunelab.serving.decoding import Piece, SamplingParams, first_stop, held_back
 from tunelab.serving.engine import Engine, Limits, Result, prompt_budget
@@ -606,7 +606,7 @@ def classifier_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_label_probabilities_use_the_saved_temperature(classifier_run):
-    from tunelab.assess import read_temperature
+    from tunelab.models.saved import read_temperature
 
     model, tok, info = load_any(str(classifier_run))
     assert info is not None and info["labels"] == ["neg", "pos"]
@@ -654,7 +654,7 @@ def test_label_probabilities_use_the_saved_temperature(classifier_run):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir) -> Any:
-    """``python -m tunelab.serving`` on 127.0.0.1 with a key file and a SQLite store."""
+    """``python -m tunelab.cli.serve`` on 127.0.0.1 with a key file and a SQLite store."""
     root = tmp_path_factory.mktemp("server")
     (root / "keys").write_text(f"{KEY}\n")
     db = root / "feedback.db"
@@ -742,7 +742,7 @@ def test_real_server_under_16_concurrent_clients(server):
 
 
 def test_load_bench_against_the_real_server(server):
-    from tunelab.bench.serve_load import run_load
+    from tunelab.recipes.bench.serve_load import run_load
 
     out = run_load(server["base"], KEY, clients=4, requests=12, max_tokens=4, db=server["db"])
     assert out["status_counts"] == {"200": 12}

@@ -17,8 +17,8 @@ from conftest import tiny_config
 from tunelab.cli.sweep import sweep as sweep_command
 from tunelab.config import Config, load_config, parse_config
 from tunelab.errors import ConfigError
-from tunelab.hpo import run_sweep, sweep_dir
-from tunelab.hpo.trials import best_of, suggest
+from tunelab.recipes.sweep import run_sweep, sweep_dir
+from tunelab.recipes.sweep.trials import best_of, suggest
 
 LR = {"low": 1.0e-4, "high": 5.0e-2, "log": True}
 
@@ -124,7 +124,7 @@ def test_a_valid_space_loads_and_samples_the_field_types():
     assert type(values["train.epochs"]) is float and values["train.epochs"].is_integer()
     assert values["method.lora.r"] in {4, 8, 16} and 1.0e-4 <= values["train.lr"] <= 5.0e-2
     # a null optional section (ewc) becomes one holding the sampled key
-    from tunelab.hpo.trials import trial_config
+    from tunelab.recipes.sweep.trials import trial_config
 
     trial_cfg = trial_config(cfg, values, 7, Path("out"))
     assert trial_cfg.name == "trial-007" and trial_cfg.sweep is None
@@ -153,7 +153,7 @@ def _cli() -> typer.Typer:
 def test_sweep_writes_the_table_and_a_best_config_and_never_scores_test(
     tmp_path, tiny_model_dir, sentiment_file, monkeypatch
 ):
-    import tunelab.workflow as workflow
+    import tunelab.recipes.run as workflow
 
     def no_test(*_a, **_k):
         raise AssertionError("a sweep trial scored the test split")
@@ -292,7 +292,7 @@ def test_a_failed_trial_is_recorded_and_ctrl_c_is_resumable(
 ):
     """The study's bookkeeping with training replaced by a stand-in: a trial that diverges
     is failed (with its error) and the study goes on; a Ctrl-C'd trial runs again."""
-    import tunelab.hpo.study as study_module
+    import tunelab.recipes.sweep.study as study_module
     from tunelab.errors import TrainingError
 
     calls: list[float] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import load_config
-from tunelab.workflow import run_pipeline
+from tunelab.recipes.run import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 FINE_ALPHAS = ["--set", "forgetting.sweep.alphas=[0.05, 0.1]"]

@@ -10,16 +10,16 @@ import torch
 import typer
 
 from tunelab import __version__
-from tunelab.bench.eval_speed import bench_eval
-from tunelab.bench.prepare_speed import bench_prepare
-from tunelab.bench.synthetic import write_rows
-from tunelab.bench.train_speed import ENGINES, TrainBenchSpec, bench_train
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
 from tunelab.errors import ConfigError
 from tunelab.models.loading import load_base
 from tunelab.models.task_model import TaskModel
+from tunelab.recipes.bench.eval_speed import bench_eval
+from tunelab.recipes.bench.prepare_speed import bench_prepare
+from tunelab.recipes.bench.synthetic import write_rows
+from tunelab.recipes.bench.train_speed import ENGINES, TrainBenchSpec, bench_train
+from tunelab.recipes.run import setup
 from tunelab.results import write_json
-from tunelab.workflow import setup
 
 app = typer.Typer(help="Benchmarks (speed and memory) on this machine.", no_args_is_help=True)
 
@@ -160,7 +160,7 @@ def pii(
 
     from rich.table import Table
 
-    from tunelab.bench.pii import bench_pii
+    from tunelab.recipes.bench.pii import bench_pii
 
     result = bench_pii(n, seed)
     cpuinfo = Path("/proc/cpuinfo")
@@ -221,7 +221,7 @@ def serve_(
 ) -> None:
     """Load test of a running server: throughput, p50/p99 latency, status counts, feedback
     rows stored (bounded: `requests` in all, loopback only)."""
-    from tunelab.bench.serve_load import run_load
+    from tunelab.recipes.bench.serve_load import run_load
 
     result = run_load(url, api_key, clients=clients, requests=requests, max_tokens=max_tokens,
                       db=db)  # fmt: skip

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
-from tunelab.stages import calibrate_stage
+from tunelab.recipes.stages import calibrate_stage
 
 
 def calibrate(

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
 from tunelab.cli._progress import training_progress
-from tunelab.models.distill import DistillSettings, Keep
-from tunelab.models.distill_stage import distill_stage
+from tunelab.recipes.distill import distill_stage
+from tunelab.recipes.distill_student import DistillSettings, Keep
 
 D = DistillSettings()  # the defaults shown in --help
 

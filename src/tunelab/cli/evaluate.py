@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
-from tunelab.stages import evaluate_stage
+from tunelab.recipes.stages import evaluate_stage
 
 
 def eval_(

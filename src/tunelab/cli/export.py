@@ -31,7 +31,7 @@ def export(
 ) -> None:
     """Merge LoRA adapters and save a standalone model (safetensors, tokenizer, generation
     config, model card) that plain transformers loads without tunelab or peft."""
-    from tunelab.models.export import export_model
+    from tunelab.export.folder import export_model
 
     facts = export_model(run, out, quantize=quantize.value if quantize else None, overwrite=force)
     print_export(facts)

@@ -11,15 +11,14 @@ from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
 from tunelab.errors import ConfigError
-from tunelab.forgetting import runner as forgetting
-from tunelab.forgetting.mitigations.wise import interpolate
 from tunelab.forgetting.report import format_table
 from tunelab.models.loading import load_base
-from tunelab.models.saved import load_trained, save_trained
+from tunelab.models.precision import resolve_precision
+from tunelab.models.saved import load_trained
 from tunelab.models.task_model import TaskModel
+from tunelab.recipes import forgetting
+from tunelab.recipes.forgetting_sweep import task_metric, wise_sweep
 from tunelab.results import write_json
-from tunelab.training.checkpoint import load_weights, read_pointer
-from tunelab.training.optim import resolve_precision
 
 app = typer.Typer(
     help="Measure catastrophic forgetting (the retention suite) and sweep WiSE interpolation.",
@@ -117,88 +116,21 @@ def sweep(
 ) -> None:
     """Evaluate WiSE mixes of a finished run's best checkpoint with its start (task metric
     and retention for each alpha in forgetting.sweep.alphas) and choose one by the rule."""
-    from tunelab.evaluation.evaluate import evaluate
-    from tunelab.workflow import model_info, setup, start_model
-
     cfg = get_config(config, set_)
-    best = read_pointer(cfg.run_dir / "checkpoints").get("best")
-    if not best:
-        raise ConfigError(
-            f"no trained checkpoint in {cfg.run_dir / 'checkpoints'}",
-            hint="run `tunelab run CONFIG` (or `tunelab train`) first",
-        )
-    env = setup(cfg, reuse_data=True, threads=cfg.eval.threads)
-    lm = load_base(cfg.model.base).to(env.device)
-    settings = forgetting.suite_settings(cfg, env.precision)
-    probes = forgetting.build_probes(cfg, env.tokenizer, settings, cfg.run_dir / "forgetting")
-    base, _cached = forgetting.base_measurement(
-        cfg, TaskModel(lm, "lm"), env.tokenizer, probes, settings
-    )
-    model = start_model(cfg, lm, env.task).to(env.device)
-    anchor = {k: v.clone() for k, v in model.trainable_state().items()}
-    trained = load_weights(cfg.run_dir / "checkpoints" / str(best))
-    test = env.task.encoded["test"]
-    rows = []
-    for alpha in cfg.forgetting.sweep.alphas:
-        model.load_trainable_state(trained)
-        interpolate(model, anchor, alpha)
-        result = evaluate(
-            model, env.tokenizer, env.prep.splits["test"], test, env.ev,
-            labels=env.prep.labels, label_ids=env.task.label_ids,
-        )  # fmt: skip
-        report = forgetting.tuned_report(cfg, model, env.tokenizer, probes, settings, base)
-        probe_retention = {k: p["retention"] for k, p in report["probes"].items()}
-        rows.append({"alpha": alpha, "metrics": result["metrics"],
-                     "retention_score": report["retention_score"],
-                     "retention_ci95": report["retention_ci95"],
-                     "probes": probe_retention})  # fmt: skip
-        name, value = _task_metric(result["metrics"])
-        console.print(f"alpha {alpha}: {name} {value:.4f}, retention {report['retention_score']}")
-    chosen = choose_alpha(rows, cfg.forgetting.sweep.min_retention)
-    summary = {"best_checkpoint": best, "min_retention": cfg.forgetting.sweep.min_retention,
-               "chosen_alpha": chosen["alpha"], "rows": rows}  # fmt: skip
-    write_json(out or cfg.run_dir / "forgetting_sweep.json", summary)
-    _print_sweep(rows, chosen["alpha"])
+    summary = wise_sweep(cfg, out=out, save=save, say=console.print)
+    _print_sweep(summary["rows"], summary["chosen_alpha"])
     if save:
-        model.load_trainable_state(trained)
-        interpolate(model, anchor, chosen["alpha"])
-        info = model_info(cfg, env.prep) | {"wise_alpha": chosen["alpha"]}
-        save_trained(model, env.tokenizer, cfg.run_dir / "model-wise", info)
-        console.print(f"saved alpha {chosen['alpha']} to {cfg.run_dir / 'model-wise'}")
-
-
-def _task_metric(metrics: dict[str, Any]) -> tuple[str, float]:
-    """The metric the sweep optimises: accuracy when there is one, else the first number."""
-    for key in ("accuracy", "f1", "exact_match", "rougeL", "bleu"):
-        if isinstance(metrics.get(key), int | float):
-            return key, float(metrics[key])
-    for key, value in metrics.items():
-        if isinstance(value, int | float) and key != "perplexity":
-            return key, float(value)
-    raise ConfigError("the sweep found no task metric", hint="set eval.metrics")
-
-
-def choose_alpha(rows: list[dict[str, Any]], min_retention: float) -> dict[str, Any]:
-    """Best task metric among rows with retention >= ``min_retention`` (ties: the higher
-    retention); if no row qualifies, the row with the highest retention."""
-
-    def retention(row: dict[str, Any]) -> float:
-        return row["retention_score"] if row["retention_score"] is not None else -1.0
-
-    ok = [r for r in rows if retention(r) >= min_retention]
-    if ok:
-        return max(ok, key=lambda r: (_task_metric(r["metrics"])[1], retention(r)))
-    return max(rows, key=retention)
+        console.print(f"saved alpha {summary['chosen_alpha']} to {cfg.run_dir / 'model-wise'}")
 
 
 def _print_sweep(rows: list[dict[str, Any]], chosen: float) -> None:
-    name = _task_metric(rows[0]["metrics"])[0]
+    name = task_metric(rows[0]["metrics"])[0]
     table = Table(title="WiSE sweep: (1 - alpha) * start + alpha * fine-tuned")
     for col in ("alpha", name, "retention", "95% CI", ""):
         table.add_column(col)
     for r in rows:
         lo, hi = (_fmt(x) for x in r["retention_ci95"])
-        table.add_row(f"{r['alpha']:.2f}", f"{_task_metric(r['metrics'])[1]:.4f}",
+        table.add_row(f"{r['alpha']:.2f}", f"{task_metric(r['metrics'])[1]:.4f}",
                       _fmt(r["retention_score"]), f"[{lo}, {hi}]",
                       "chosen" if r["alpha"] == chosen else "")  # fmt: skip
     console.print(table)

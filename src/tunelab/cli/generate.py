@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from tunelab.cli._common import console
-from tunelab.inference import load_any, reply
+from tunelab.models.generation import load_any, reply
 
 
 def generate(

@@ -12,7 +12,7 @@ from tunelab.cli._progress import training_progress
 from tunelab.cli.calibrate import print_calibration
 from tunelab.cli.compare import print_compare
 from tunelab.cli.forgetting import print_report
-from tunelab.workflow import run_pipeline
+from tunelab.recipes.run import run_pipeline
 
 
 def run(

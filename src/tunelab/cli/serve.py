@@ -1,6 +1,6 @@
 """``tunelab serve``: an OpenAI-compatible HTTP API for a run, a model folder or a base model.
 
-Also runnable on its own, without the ``tunelab`` command: ``python -m tunelab.serving
+Also runnable on its own, without the ``tunelab`` command: ``python -m tunelab.cli.serve
 MODEL [OPTIONS]`` (:func:`serve_main`), which the tests use to start a real server process.
 """
 
@@ -92,8 +92,8 @@ def serve(
     import torch
     import uvicorn
 
-    from tunelab.assess import read_temperature
-    from tunelab.inference import load_any
+    from tunelab.models.generation import load_any
+    from tunelab.models.saved import read_temperature
     from tunelab.serving.engine import Engine, Limits
 
     if device == "auto":
@@ -134,7 +134,7 @@ def serve(
 
 
 def serve_main(argv: list[str] | None = None) -> None:
-    """``serve`` as a program of its own (``python -m tunelab.serving``), with tunelab's
+    """``serve`` as a program of its own (``python -m tunelab.cli.serve``), with tunelab's
     error handling: a typed error prints one message and exits with its code."""
     quiet_libraries(debug=False)
     cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -145,3 +145,7 @@ def serve_main(argv: list[str] | None = None) -> None:
         err_console.print("[bold red]error:[/] ", end="")
         err_console.print(str(exc), markup=False, highlight=False)
         sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    serve_main()

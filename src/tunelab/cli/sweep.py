@@ -40,7 +40,7 @@ def sweep(
     trials.csv, best.yaml). Assess the winner on test with `tunelab run <run>/sweep/best.yaml`."""
     import optuna
 
-    from tunelab.hpo import run_sweep
+    from tunelab.recipes.sweep import run_sweep
 
     root = ctx.find_root()
     debug = bool(root.params.get("debug")) if root is not None else False

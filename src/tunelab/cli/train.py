@@ -9,8 +9,8 @@ import typer
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
+from tunelab.recipes.run import Stages, run_pipeline
 from tunelab.training.distributed import current, launch_command, launched_world_size
-from tunelab.workflow import Stages, run_pipeline
 
 
 def train(

@@ -1,7 +1,7 @@
 """The search space of ``tunelab sweep``, checked against the schema before any compute.
 
 A space maps dotted config keys (``train.lr``, ``method.lora.r``) to a range or a list of
-choices (:class:`~tunelab.config.schema.SearchParam`). :func:`check_search` runs when a
+choices (:class:`~tunelab.config.sweep_section.SearchParam`). :func:`check_search` runs when a
 config with a ``sweep`` section is validated: every key must name a field (unknown keys
 get close matches), ranges need a numeric field (integer fields take whole bounds), and
 every value a trial could start from — both ends of each range, every choice — is put into
@@ -15,13 +15,16 @@ import copy
 import difflib
 import math
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tunelab.config.schema import Config, SearchParam
+from tunelab.config.sweep_section import SearchParam
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import Config
 
 __all__ = [
     "check_search",
@@ -43,7 +46,7 @@ class SpaceError(ValueError):
     """A space entry that cannot be searched: the message says why."""
 
 
-def leaf_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every dotted key that names a value (not a section), through optional sections."""
     keys: list[str] = []
     for name, field in model.model_fields.items():
@@ -55,14 +58,15 @@ def leaf_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def resolve_key(key: str) -> FieldInfo:
-    """The schema field a dotted key names; ``SpaceError`` with close matches if none."""
-    model: type[BaseModel] = Config
+def resolve_key(key: str, schema: type[BaseModel]) -> FieldInfo:
+    """The field of ``schema`` (the config class) a dotted key names; ``SpaceError`` with
+    close matches if none."""
+    model = schema
     parts = key.split(".")
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
         if field is None:
-            raise SpaceError(_unknown(key, ".".join(parts[: i + 1])))
+            raise SpaceError(_unknown(key, ".".join(parts[: i + 1]), schema))
         sub = _section_type(field.annotation)
         last = i == len(parts) - 1
         if last:
@@ -133,7 +137,7 @@ def check_search(cfg: Config) -> None:
     for key, param in sweep.space.items():
         loc = ("sweep", "space", key)
         try:
-            _check_entry(key, param, base)
+            _check_entry(key, param, base, type(cfg))
             _check_effect(key, cfg, set(sweep.space))
         except SpaceError as exc:
             problem(loc, str(exc), param.model_dump(exclude_defaults=True))
@@ -159,7 +163,9 @@ def _check_range(p: SearchParam) -> None:
         raise SpaceError("`step` and `log` do not combine; drop one")
 
 
-def _check_entry(key: str, param: SearchParam, base: dict[str, Any]) -> None:
+def _check_entry(
+    key: str, param: SearchParam, base: dict[str, Any], schema: type[BaseModel]
+) -> None:
     _check_range(param)
     if key.split(".")[0] in _FIXED:
         raise SpaceError(f"'{key}' cannot be searched (every trial sets it itself)")
@@ -168,7 +174,7 @@ def _check_entry(key: str, param: SearchParam, base: dict[str, Any]) -> None:
             f"'{key}' changes the held-out rows: trials would be scored on different val "
             "rows, so their values could not be compared; fix it outside the space"
         )
-    field = resolve_key(key)
+    field = resolve_key(key, schema)
     kind = number_kind(field)
     if param.choices is None:
         if kind is None:
@@ -182,7 +188,7 @@ def _check_entry(key: str, param: SearchParam, base: dict[str, Any]) -> None:
         data = copy.deepcopy(base)
         set_dotted(data, key, value)
         try:
-            Config.model_validate(data)
+            schema.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -203,8 +209,8 @@ def _check_effect(key: str, cfg: Config, searched: set[str]) -> None:
         raise SpaceError(f"method.kind is '{cfg.method.kind}': LoRA settings do nothing")
 
 
-def _unknown(key: str, prefix: str) -> str:
-    close = difflib.get_close_matches(key, leaf_keys(), n=3, cutoff=0.6)
+def _unknown(key: str, prefix: str, schema: type[BaseModel]) -> str:
+    close = difflib.get_close_matches(key, leaf_keys(schema), n=3, cutoff=0.6)
     text = f"'{prefix}' is not a config key" if prefix != key else f"'{key}' is not a config key"
     return text + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "")
 

@@ -26,8 +26,8 @@ from tunelab.data.types import Example
 from tunelab.evaluation.metrics import compute_metrics, perplexity
 from tunelab.evaluation.metrics.intervals import metric_intervals
 from tunelab.evaluation.scoring import generate, label_logits
+from tunelab.models.nll import example_nll
 from tunelab.models.task_model import TaskModel
-from tunelab.training.loss import example_nll
 
 __all__ = ["EvalSettings", "Predictions", "default_metrics", "evaluate", "predict", "score"]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from tunelab.data.batching import collate, eval_batches
 from tunelab.data.tokenize import Encoded
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.optim import autocast
 
 __all__ = ["generate", "label_logits", "shared_prefix_length"]
 

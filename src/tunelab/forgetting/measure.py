@@ -1,7 +1,7 @@
 """Score a model on probes; the base model's measurement is what later ones compare with.
 
 Vocabulary log-probs are computed only at labelled positions (hidden states gathered
-first, as in ``training/loss.py``), ``CHUNK`` positions at a time, so no (B, T, V) tensor
+first, as in ``models/loss.py``), ``CHUNK`` positions at a time, so no (B, T, V) tensor
 is ever built. The base measurement keeps what comparisons need: its greedy answers
 (references of the agreement probe, continuations of the kl probe) and, per position of
 the kl probe, its top-k next-token log-probs. It can be cached on disk
@@ -36,8 +36,8 @@ from tunelab.forgetting.probes import (
     rouge_l,
     token_f1,
 )
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.optim import autocast
 
 __all__ = [
     "Measurement",

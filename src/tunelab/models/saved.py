@@ -23,7 +23,15 @@ from tunelab.errors import ModelError
 from tunelab.models.loading import load_base, tokenizer_from
 from tunelab.models.task_model import TaskModel
 
-__all__ = ["INFO_FILE", "is_trained_folder", "load_trained", "save_trained"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "INFO_FILE",
+    "is_trained_folder",
+    "load_trained",
+    "read_temperature",
+    "save_temperature",
+    "save_trained",
+]
 
 INFO_FILE = "tunelab_model.json"
 
@@ -93,3 +101,23 @@ def load_trained(folder: Path) -> tuple[TaskModel, Any, dict[str, Any]]:
     model = TaskModel(lm, info["head"], classifier)
     model.eval()
     return model, tokenizer, info
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def save_temperature(model_dir: Path, report: dict[str, Any]) -> None:
+    """Keep the fitted temperature beside the weights (``model/calibration.json``)."""
+    keep: dict[str, Any] = {k: report.get(k) for k in ("temperature", "bins", "n_fit", "fit_split")}
+    keep["after"] = report.get("after")
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(keep, indent=2))
+
+
+def read_temperature(model_dir: Path | None) -> float:
+    """The saved temperature of a model folder (or a run folder's ``model/``); 1.0 if none."""
+    if model_dir is None:
+        return 1.0
+    for folder in (model_dir, model_dir / "model"):
+        if (folder / CALIBRATION_FILE).is_file():
+            return float(json.loads((folder / CALIBRATION_FILE).read_text())["temperature"])
+    return 1.0

@@ -17,6 +17,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.models.loss import batch_loss
 
 __all__ = ["TaskModel", "build_task_model"]
 
@@ -71,13 +72,11 @@ class TaskModel(nn.Module):
         return self.decoder(input_ids=ids, use_cache=True).past_key_values
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Summed loss of one batch and its term count (``training.loss.batch_loss``).
+        """Summed loss of one batch and its term count (:func:`~tunelab.models.loss.batch_loss`).
 
         Training calls the model this way so that a data-parallel wrapper (DDP) around it
         sees the whole graph of the step.
         """
-        from tunelab.training.loss import batch_loss
-
         return batch_loss(self, batch)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

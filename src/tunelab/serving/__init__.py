@@ -13,6 +13,6 @@
 - ``store``: the feedback store (completions and ratings in SQL)
 - ``feedback_export``: training data from the feedback store
 
-Run it with ``tunelab serve MODEL`` or ``python -m tunelab.serving MODEL``; see
+Run it with ``tunelab serve MODEL`` or ``python -m tunelab.cli.serve MODEL``; see
 docs/serving.md.
 """

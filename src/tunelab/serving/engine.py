@@ -15,7 +15,7 @@ off), seeded with ``torch.manual_seed(seed)`` on the worker when a seed is given
 
 For a classification model (``info["labels"]``) every chat request also gets calibrated
 label probabilities: ``softmax(label_logits(prompt) / T)`` with the temperature ``T`` saved
-by ``tunelab calibrate`` (:func:`tunelab.assess.read_temperature`).
+by ``tunelab calibrate`` (:func:`tunelab.models.saved.read_temperature`).
 """
 
 from __future__ import annotations

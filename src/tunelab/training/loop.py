@@ -21,7 +21,9 @@ import torch
 from tunelab.data.batching import micro_batches, train_batches
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
-from tunelab.forgetting.mitigations.base import Context, Mitigation, trainable_params
+from tunelab.models.loss import example_terms
+from tunelab.models.nll import loss_pieces, loss_sums
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
 from tunelab.training.checkpoint import (
     TrainState,
@@ -32,9 +34,9 @@ from tunelab.training.checkpoint import (
     save_checkpoint,
 )
 from tunelab.training.distributed import SINGLE, Dist
-from tunelab.training.loss import example_terms, loss_pieces, loss_sums
+from tunelab.training.hooks import Context, Mitigation, trainable_params
 from tunelab.training.metrics_log import MetricsLog
-from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
+from tunelab.training.optim import build_optimizer, build_scheduler, warmup_steps
 from tunelab.training.sharding import held_mb
 
 __all__ = ["LoopSettings", "fit", "plan_steps"]

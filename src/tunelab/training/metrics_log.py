@@ -10,7 +10,7 @@ __all__ = ["MetricsLog", "ScalarSink"]
 
 
 class ScalarSink(Protocol):
-    """Somewhere else the scalars go (``tunelab.tracking.MlflowSink``)."""
+    """Somewhere else the scalars go (``tunelab.report.tracking.MlflowSink``)."""
 
     def scalars(self, values: dict[str, float], step: int) -> None: ...
 

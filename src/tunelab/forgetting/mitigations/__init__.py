@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunelab.errors import ConfigError
-from tunelab.forgetting.mitigations.base import Context, Mitigation
 from tunelab.forgetting.mitigations.ewc import EWC
 from tunelab.forgetting.mitigations.kd import KD
 from tunelab.forgetting.mitigations.l2sp import L2SP
 from tunelab.forgetting.mitigations.replay import Replay
 from tunelab.forgetting.mitigations.si import SI
 from tunelab.forgetting.mitigations.wise import WiSE
+from tunelab.training.hooks import Context, Mitigation
 
 __all__ = ["MITIGATIONS", "Context", "Mitigation", "build_mitigations"]
 

@@ -13,18 +13,16 @@ from tunelab.data.batching import collate
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
 from tunelab.forgetting.mitigations.base import (
-    Context,
-    Mitigation,
     check_options,
     general_pool,
     is_number,
-    lm_nll,
     seeded_stream,
-    trainable_params,
 )
 from tunelab.forgetting.mitigations.l2sp import weighted_distance
+from tunelab.models.loss import lm_nll
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.optim import autocast
+from tunelab.training.hooks import Context, Mitigation, trainable_params
 
 __all__ = ["EWC", "diagonal_fisher", "global_mean"]
 

@@ -16,16 +16,15 @@ from torch.utils.checkpoint import checkpoint
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.forgetting.mitigations.base import (
-    Context,
-    Mitigation,
     check_options,
     general_pool,
     is_number,
     seeded_stream,
 )
+from tunelab.models.loss import CHUNK
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.loss import CHUNK
-from tunelab.training.optim import autocast
+from tunelab.training.hooks import Context, Mitigation
 
 __all__ = ["KD", "chunked_kl"]
 
@@ -44,7 +43,7 @@ def chunked_kl(
 
     h_student, h_teacher: (N, H) hidden states of the same N positions; the result is an
     fp32 scalar, differentiable through ``student_head`` and ``h_student`` only. As in
-    :func:`tunelab.training.loss.chunked_cross_entropy`, the (chunk, V) logits of both
+    :func:`tunelab.models.loss.chunked_cross_entropy`, the (chunk, V) logits of both
     models exist one chunk at a time: with autograd each chunk is recomputed in backward.
     """
     if h_student.shape[0] <= chunk:

@@ -7,14 +7,9 @@ from typing import Any
 
 import torch
 
-from tunelab.forgetting.mitigations.base import (
-    Context,
-    Mitigation,
-    check_options,
-    is_number,
-    trainable_params,
-)
+from tunelab.forgetting.mitigations.base import check_options, is_number
 from tunelab.models.task_model import TaskModel
+from tunelab.training.hooks import Context, Mitigation, trainable_params
 
 __all__ = ["L2SP", "weighted_distance"]
 

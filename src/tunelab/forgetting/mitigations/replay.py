@@ -5,14 +5,13 @@ from __future__ import annotations
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import ConfigError
 from tunelab.forgetting.mitigations.base import (
-    Context,
-    Mitigation,
     check_options,
     general_pool,
     is_number,
     seeded_stream,
 )
 from tunelab.models.task_model import TaskModel
+from tunelab.training.hooks import Context, Mitigation
 
 __all__ = ["Replay", "replay_count"]
 

@@ -12,19 +12,17 @@ from safetensors.torch import load_file, save_file
 from tunelab.data.batching import collate
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.forgetting.mitigations.base import (
-    Context,
-    Mitigation,
     check_options,
     general_pool,
     is_number,
-    lm_nll,
     seeded_stream,
-    trainable_params,
 )
 from tunelab.forgetting.mitigations.ewc import global_mean
 from tunelab.forgetting.mitigations.l2sp import weighted_distance
+from tunelab.models.loss import lm_nll
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.optim import autocast
+from tunelab.training.hooks import Context, Mitigation, trainable_params
 
 __all__ = ["IMPORTANCE_FILE", "SI", "PathIntegral", "path_importance"]
 

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.forgetting.mitigations.base import Context, Mitigation, check_options, is_number
+from tunelab.forgetting.mitigations.base import check_options, is_number
 from tunelab.models.task_model import TaskModel
+from tunelab.training.hooks import Context, Mitigation
 
 __all__ = ["WiSE", "interpolate", "is_lora_a"]
 

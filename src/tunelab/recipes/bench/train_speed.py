@@ -33,11 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunelab.bench.synthetic import length_summary, write_rows
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.errors import TunelabError
+from tunelab.models.loss import example_terms
+from tunelab.recipes.bench.synthetic import length_summary, write_rows
 from tunelab.results import peak_rss_mb, write_json
-from tunelab.training.loss import example_terms
 
 __all__ = [
     "ENGINES",
@@ -94,7 +94,7 @@ def load_rows(spec: TrainBenchSpec) -> tuple[Any, list[Encoded], list[Encoded]]:
     """Tokenizer, training and held-out rows, tokenised by tunelab's own pipeline."""
     from tunelab.config import Config
     from tunelab.models.loading import load_tokenizer
-    from tunelab.workflow import encode_splits, prepare_stage
+    from tunelab.recipes.run import encode_splits, prepare_stage
 
     cfg = Config.model_validate({
         "name": "bench-data", "output_dir": spec.out_dir,
@@ -195,10 +195,10 @@ def _layers_params(lm: Any) -> int:
 def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
                 pad_id: int) -> dict[str, Any]:  # fmt: skip
     from tunelab.models.loading import load_base
+    from tunelab.models.precision import resolve_precision
     from tunelab.models.task_model import build_task_model
     from tunelab.training.loop import LoopSettings, fit
     from tunelab.training.metrics_log import MetricsLog
-    from tunelab.training.optim import resolve_precision
 
     torch.manual_seed(spec.seed)
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -251,7 +251,7 @@ def worker(engine: str, spec_path: Path, out_path: Path) -> None:
     if engine == "tunelab":
         res = run_tunelab(spec, train, val, tokenizer.pad_token_id)
     elif engine in ("hf", "hf-bf16"):
-        from tunelab.bench.peer_hf import train_with_trainer
+        from tunelab.recipes.bench.peer_hf import train_with_trainer
 
         res = train_with_trainer(spec, train, tokenizer, bf16=engine == "hf-bf16")
     else:
@@ -301,7 +301,8 @@ def bench_train(spec: TrainBenchSpec, engines: Sequence[str],
         path = out / f"engine-{engine}.json"
         path.unlink(missing_ok=True)
         proc = subprocess.run(
-            [sys.executable, "-m", "tunelab.bench.train_speed", engine, str(spec_path), str(path)],
+            [sys.executable, "-m", "tunelab.recipes.bench.train_speed", engine, str(spec_path),
+             str(path)],
             capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )  # fmt: skip
         if proc.returncode != 0 or not path.is_file():

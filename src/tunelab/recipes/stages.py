@@ -1,5 +1,5 @@
 """The verbs that assess a model outside a run: ``tunelab eval``, ``compare`` and
-``calibrate``, each on the base model or a saved fine-tuned one, built on the workflow's
+``calibrate``, each on the base model or a saved fine-tuned one, built on the run recipe's
 ``setup``. Their results go to ``<run>/<verb>.json`` and into ``results.json`` (and the
 report) when the run has one."""
 
@@ -10,16 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab import assess
 from tunelab.config import Config
 from tunelab.errors import ConfigError
 from tunelab.evaluation.evaluate import evaluate, predict
 from tunelab.models.loading import load_base
-from tunelab.models.saved import is_trained_folder, load_trained
+from tunelab.models.saved import is_trained_folder, load_trained, read_temperature, save_temperature
 from tunelab.models.task_model import TaskModel
+from tunelab.recipes import assess
+from tunelab.recipes.run import setup
 from tunelab.report import build_report, reliability_diagram
 from tunelab.results import write_json
-from tunelab.workflow import setup
 
 __all__ = ["calibrate_stage", "compare_stage", "evaluate_stage"]
 
@@ -37,7 +37,7 @@ def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test")
     result = evaluate(
         model, env.tokenizer, examples, items, env.ev,
         labels=env.prep.labels, label_ids=env.task.label_ids,
-        temperature=assess.read_temperature(model_path),
+        temperature=read_temperature(model_path),
     )  # fmt: skip
     result["model"] = str(model_path) if model_path else cfg.model.base
     result["split"] = split
@@ -92,7 +92,7 @@ def calibrate_stage(cfg: Config, model_path: Path | None) -> dict[str, Any]:
         labels=prep.labels, label_ids=task.label_ids,
     )  # fmt: skip
     model_dir = folder / "model" if is_trained_folder(folder / "model") else folder
-    assess.save_temperature(model_dir, report)
+    save_temperature(model_dir, report)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "reliability.png").write_bytes(reliability_diagram(report))
     _merge_results(cfg, "calibration", report)

@@ -1,6 +1,6 @@
 """``tunelab bench prepare``: the whole data stage on generated messy rows, timed.
 
-The rows are the benchmark's instruction rows (:mod:`tunelab.bench.synthetic`) with
+The rows are the benchmark's instruction rows (:mod:`tunelab.recipes.bench.synthetic`) with
 problems planted at known rates, so the run also shows that each stage finds them:
 
 ==================  =====  ====================================================
@@ -31,7 +31,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from tunelab.bench.synthetic import instruction_rows
+from tunelab.recipes.bench.synthetic import instruction_rows
 from tunelab.results import peak_rss_mb
 
 __all__ = ["bench_prepare", "write_big", "write_messy"]

@@ -1,7 +1,7 @@
 """The model card of an export: ``README.md`` with Hub front matter and the run's numbers.
 
 :func:`model_card` builds it from the model's ``tunelab_model.json``, the ``exported``
-facts (:func:`tunelab.models.export.export_facts`), the run's ``results.json`` and the
+facts (:func:`tunelab.export.folder.export_facts`), the run's ``results.json`` and the
 model's ``calibration.json``: how to load the folder with plain transformers, test metrics
 with their bootstrap intervals, fine-tuning vs few-shot prompting, calibration, forgetting,
 the data card, training facts and the export itself. A section whose numbers the run did
@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from tunelab.assess import CALIBRATION_FILE
-from tunelab.inference import reply
+from tunelab.models.generation import reply
 from tunelab.models.registry import ALIASES
+from tunelab.models.saved import CALIBRATION_FILE
 from tunelab.report._format import ci_text, fmt, fmt_metric, fmt_seconds
 
 __all__ = ["CARD_FILE", "CLASSIFIER_FILE", "model_card"]

@@ -1,6 +1,6 @@
 """The stages that judge a trained model: few-shot comparison and confidence calibration.
 
-Like ``workflow``, this module reads the config and hands plain values to the components
+Like ``run.py``, this module reads the config and hands plain values to the components
 (``evaluation.compare``, ``evaluation.calibration``, ``evaluation.fewshot``). The
 calibration temperature is saved with the model (``model/calibration.json``) and read back
 by :func:`read_temperature` wherever tunelab reports probabilities.
@@ -8,10 +8,8 @@ by :func:`read_temperature` wherever tunelab reports probabilities.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,18 +33,13 @@ from tunelab.evaluation.fewshot import select_shots
 from tunelab.models.task_model import TaskModel
 
 __all__ = [
-    "CALIBRATION_FILE",
     "base_rows",
     "calibrate",
     "calibration_wanted",
     "compare_sample",
     "compare_table",
-    "read_temperature",
-    "save_temperature",
     "tuned_row",
 ]
-
-CALIBRATION_FILE = "calibration.json"
 
 
 def calibration_wanted(cfg: Config, labels: Sequence[str] | None) -> bool:
@@ -92,23 +85,6 @@ def calibrate(
 
 def _targets(items: Sequence[Encoded]) -> torch.Tensor:
     return torch.tensor([e.class_index for e in items], dtype=torch.long)
-
-
-def save_temperature(model_dir: Path, report: dict[str, Any]) -> None:
-    """Keep the fitted temperature beside the weights (``model/calibration.json``)."""
-    keep: dict[str, Any] = {k: report.get(k) for k in ("temperature", "bins", "n_fit", "fit_split")}
-    keep["after"] = report.get("after")
-    (model_dir / CALIBRATION_FILE).write_text(json.dumps(keep, indent=2))
-
-
-def read_temperature(model_dir: Path | None) -> float:
-    """The saved temperature of a model folder (or a run folder's ``model/``); 1.0 if none."""
-    if model_dir is None:
-        return 1.0
-    for folder in (model_dir, model_dir / "model"):
-        if (folder / CALIBRATION_FILE).is_file():
-            return float(json.loads((folder / CALIBRATION_FILE).read_text())["temperature"])
-    return 1.0
 
 
 def compare_sample(cfg: Config, n_test: int) -> list[int]:

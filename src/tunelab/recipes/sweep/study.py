@@ -11,7 +11,7 @@ written as ``best.yaml``, which ``tunelab run`` trains and assesses on test once
       data/                 prepared once for every trial (unless the space changes data)
       trials/trial-NNN/     each trial's run folder (metrics.jsonl, config); checkpoints are
                             deleted when a trial ends, ``model/`` kept for the best trial only
-      trials.csv, trials.json, best.yaml, summary.json   (see :mod:`tunelab.hpo.outputs`)
+      trials.csv, trials.json, best.yaml, summary.json   (see :mod:`tunelab.recipes.sweep.outputs`)
 
 Pruning: at each validation the trial reports its metric to Optuna (from the training
 loop's progress callback) and raises ``TrialPruned`` when the pruner says so; the loop
@@ -37,8 +37,9 @@ from tunelab.config import Config, dump_config
 from tunelab.config.schema import SearchConfig
 from tunelab.data.prepare import Prepared
 from tunelab.errors import ConfigError, TrainingError
-from tunelab.hpo.outputs import INTERRUPTED, best_row, trial_row, write_outputs
-from tunelab.hpo.trials import (
+from tunelab.recipes.run import Stages, prepare_stage, run_pipeline
+from tunelab.recipes.sweep.outputs import INTERRUPTED, best_row, trial_row, write_outputs
+from tunelab.recipes.sweep.trials import (
     best_of,
     check_metric,
     logged_values,
@@ -46,8 +47,7 @@ from tunelab.hpo.trials import (
     suggest,
     trial_config,
 )
-from tunelab.tracking import flatten
-from tunelab.workflow import Stages, prepare_stage, run_pipeline
+from tunelab.report.tracking import flatten
 
 __all__ = ["TRAIN_ONLY", "run_sweep", "sweep_dir"]
 

@@ -1,6 +1,6 @@
 """The distillation stage (``tunelab distill``): teacher in, student and comparison out.
 
-:func:`distill_stage` wires :mod:`tunelab.models.distill` from a config: it loads the
+:func:`distill_stage` wires :mod:`tunelab.recipes.distill_student` from a config: it loads the
 teacher, builds the student (cut from the teacher, or a smaller model with the same
 tokenizer), trains it on the task's train split mixed with general data, and writes
 ``<out>/student/`` (a tunelab model folder, kind ``full``) and ``<out>/distill.json``
@@ -28,7 +28,10 @@ from tunelab.data.tokenize import Encoded, PromptFormatter, encode
 from tunelab.errors import ConfigError
 from tunelab.evaluation.evaluate import evaluate
 from tunelab.forgetting.general import general_training_examples
-from tunelab.models.distill import (
+from tunelab.models.loading import load_base, load_tokenizer
+from tunelab.models.saved import load_trained, save_trained
+from tunelab.models.task_model import TaskModel
+from tunelab.recipes.distill_student import (
     DistillSettings,
     Keep,
     Progress,
@@ -40,9 +43,6 @@ from tunelab.models.distill import (
     shallow_student,
     train_student,
 )
-from tunelab.models.loading import load_base, load_tokenizer
-from tunelab.models.saved import load_trained, save_trained
-from tunelab.models.task_model import TaskModel
 from tunelab.results import peak_rss_mb, write_json
 
 __all__ = ["distill_stage", "generation_speed", "safetensors_bytes"]
@@ -72,7 +72,7 @@ def distill_stage(
     ``overrides``: the CLI's knobs (``steps``, ``batch_size``, ``lr``, ``alpha``,
     ``temperature``, ``general``; None keeps the default).
     """
-    from tunelab.workflow import setup  # the stage sits on top of the workflow's builders
+    from tunelab.recipes.run import setup  # the stage sits on top of the run recipe's builders
 
     if keep is not None and student is not None:
         raise ConfigError(
@@ -157,7 +157,7 @@ def _general_items(cfg: Config, tokenizer: Any, s: DistillSettings) -> list[Enco
 
 def _measure(lm: Any, size_bytes: int, tokenizer: Any, env: Any) -> dict[str, Any]:
     """One side of the comparison: size, generation speed, test metrics (``env``: a
-    :class:`tunelab.workflow.Setup`)."""
+    :class:`tunelab.recipes.run.Setup`)."""
     prep, task = env.prep, env.task
     test = task.encoded["test"]
     prompts = [e.prompt_only().input_ids for e in (test or task.encoded["val"])[:SPEED_PROMPTS]]

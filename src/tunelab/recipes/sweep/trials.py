@@ -2,7 +2,7 @@
 
 Pure helpers around a trial: what Optuna samples for each space entry, the config a trial
 trains with, and the trial's objective read from its ``metrics.jsonl``. The study itself
-(storage, resume, pruning) is in :mod:`tunelab.hpo.study`.
+(storage, resume, pruning) is in :mod:`tunelab.recipes.sweep.study`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def suggest(trial: Any, key: str, param: SearchParam) -> Any:
     if param.choices is not None:
         return trial.suggest_categorical(key, param.choices)
     assert param.low is not None and param.high is not None
-    if number_kind(resolve_key(key)) == "int":
+    if number_kind(resolve_key(key, Config)) == "int":
         step = int(param.step) if param.step is not None else 1
         return trial.suggest_int(key, int(param.low), int(param.high), step=step, log=param.log)
     return trial.suggest_float(key, param.low, param.high, step=param.step, log=param.log)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import Config, dump_config
-from tunelab.hpo.trials import Goal, best_config, best_of
+from tunelab.recipes.sweep.trials import Goal, best_config, best_of
 from tunelab.results import write_json
 
 __all__ = ["INTERRUPTED", "best_row", "trial_row", "write_outputs"]

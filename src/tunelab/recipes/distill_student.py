@@ -15,7 +15,7 @@ mixed with general chat/prose data from the retention suite's *train* part (a sh
 schedule for a fixed number of steps; the teacher is frozen in eval mode and its logits
 are computed per batch, only at response positions, a chunk of positions at a time.
 
-:func:`tunelab.models.distill_stage.distill_stage` runs the whole job from a config and
+:func:`tunelab.recipes.distill.distill_stage` runs the whole job from a config and
 writes the student and the teacher-vs-student comparison.
 """
 
@@ -38,9 +38,10 @@ from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.errors import ConfigError, ModelError, TrainingError
 from tunelab.forgetting.mitigations.base import seeded_stream
 from tunelab.forgetting.mitigations.kd import chunked_kl
+from tunelab.models.loss import chunked_cross_entropy, example_terms
+from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
-from tunelab.training.loss import chunked_cross_entropy, example_terms
-from tunelab.training.optim import autocast, build_optimizer, build_scheduler, warmup_steps
+from tunelab.training.optim import build_optimizer, build_scheduler, warmup_steps
 
 __all__ = [
     "DistillSettings",

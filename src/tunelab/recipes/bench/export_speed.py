@@ -1,6 +1,6 @@
 """fp32 vs int8 export of a run: size on disk, load time, decoding speed, test accuracy.
 
-Both folders are written by :func:`tunelab.models.export.export_model` and loaded with plain
+Both folders are written by :func:`tunelab.export.folder.export_model` and loaded with plain
 ``transformers``; the test accuracy is label scoring on the run's own test split (the same
 items and label ids as ``tunelab eval``), so the fp32 row reproduces the run's number.
 """
@@ -25,12 +25,12 @@ from transformers import AutoModelForCausalLM
 from tunelab import __version__
 from tunelab.config import load_config
 from tunelab.evaluation.scoring import label_logits
-from tunelab.models.export import export_model
+from tunelab.export.folder import export_model
 from tunelab.models.loading import tokenizer_from
 from tunelab.models.saved import load_trained
 from tunelab.models.task_model import TaskModel
+from tunelab.recipes.run import setup
 from tunelab.results import write_json
-from tunelab.workflow import setup
 
 __all__ = ["GEN_PROMPTS", "bench_export", "cold_load", "logit_agreement"]
 

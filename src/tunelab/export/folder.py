@@ -13,7 +13,7 @@ The exported folder loads with plain ``transformers`` (``AutoModelForCausalLM`` 
   (greedy, tunelab's default repetition penalty), ``tunelab_model.json`` with an
   ``exported`` section, ``calibration.json`` and ``classifier.safetensors`` when the model
   has them, and a model card ``README.md`` built from the run's ``results.json``
-  (:mod:`tunelab.models.model_card`).
+  (:mod:`tunelab.export.model_card`).
 
 The folder is written beside ``out`` and renamed into place, so ``out`` is either the old
 folder or the complete new one. See docs/export.md.
@@ -35,11 +35,16 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from tunelab import __version__
-from tunelab.assess import CALIBRATION_FILE
 from tunelab.errors import ConfigError, DependencyError, ModelError
-from tunelab.inference import reply
-from tunelab.models.model_card import CARD_FILE, CLASSIFIER_FILE, model_card
-from tunelab.models.saved import INFO_FILE, is_trained_folder, load_trained, replace_folder
+from tunelab.export.model_card import CARD_FILE, CLASSIFIER_FILE, model_card
+from tunelab.models.generation import reply
+from tunelab.models.saved import (
+    CALIBRATION_FILE,
+    INFO_FILE,
+    is_trained_folder,
+    load_trained,
+    replace_folder,
+)
 
 __all__ = ["QUANTIZATIONS", "export_model", "folder_bytes"]
 

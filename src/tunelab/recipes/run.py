@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from tunelab import __version__, assess
-from tunelab.builders import data_spec, eval_settings, loop_settings
+from tunelab import __version__
 from tunelab.config import Config, dump_config
 from tunelab.data.prepare import (
     Prepared,
@@ -36,18 +35,19 @@ from tunelab.data.tokenize import Encoded, PromptFormatter, encode, label_token_
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.evaluation.evaluate import EvalSettings, predict, score
 from tunelab.evaluation.live import ValScorer
-from tunelab.forgetting import runner as forgetting
 from tunelab.models.loading import describe_base, load_base, load_tokenizer
-from tunelab.models.saved import is_trained_folder, save_trained
+from tunelab.models.precision import resolve_precision
+from tunelab.models.saved import is_trained_folder, save_temperature, save_trained
 from tunelab.models.task_model import TaskModel, build_task_model
+from tunelab.recipes import assess, forgetting
+from tunelab.recipes.builders import data_spec, eval_settings, loop_settings
 from tunelab.report import build_report
+from tunelab.report.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.results import peak_rss_mb, write_json
-from tunelab.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.distributed import Dist, current
 from tunelab.training.loop import fit
 from tunelab.training.metrics_log import MetricsLog
-from tunelab.training.optim import resolve_precision
 
 __all__ = [
     "Setup",
@@ -352,7 +352,7 @@ def run_pipeline(
             temperature = calibration["temperature"]
             results["calibration"] = calibration
             if (run_dir / "model").is_dir():
-                assess.save_temperature(run_dir / "model", calibration)
+                save_temperature(run_dir / "model", calibration)
         results["tuned"] = score(
             tuned_pred, test_examples, ev, labels=prep.labels, temperature=temperature
         )

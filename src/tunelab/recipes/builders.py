@@ -1,6 +1,6 @@
 """Builders: the config turned into the plain values components take.
 
-Only these functions (and the workflow that calls them) read a :class:`Config`; the data
+Only these functions (and the recipes that call them) read a :class:`Config`; the data
 pipeline, the training loop and the evaluator receive the dataclasses built here.
 """
 

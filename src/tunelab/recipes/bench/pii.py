@@ -422,7 +422,7 @@ def _bare_ids(detector: PiiDetector, per_locale: int, seed: int) -> dict[str, fl
 def _real_text(anonymize: Anonymizer, n: int, seed: int) -> dict[str, Any]:
     """What the detector finds in real text without planted PII (embedded instruction rows:
     film reviews, chatbot Q&A, code), and the anonymiser's speed on every field of a row."""
-    from tunelab.bench.synthetic import instruction_rows
+    from tunelab.recipes.bench.synthetic import instruction_rows
 
     rows = instruction_rows(n, seed)
     fields = [row[k] for row in rows for k in ("instruction", "input", "output") if row[k]]

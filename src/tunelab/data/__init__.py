@@ -1,0 +1,2 @@
+"""Data: sources, formats, cleaning, PII, dedupe, split, templates, tokenisation with loss
+masks, batching, data card."""
