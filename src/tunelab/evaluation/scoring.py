@@ -72,7 +72,7 @@ def label_logits(
                 past.batch_repeat_interleave(len(idx))
                 mask = torch.cat([mask.new_ones(len(idx), shared), mask], dim=1)  # (B, P + T)
             with autocast(precision, device):
-                hidden = model.hidden(batch["input_ids"].to(device), mask, past_key_values=past)
+                hidden = model.hidden(batch["input_ids"].to(device), mask, cache=past)
                 last = hidden[torch.arange(len(idx)), batch["prompt_len"].to(device) - 1]  # (B, H)
                 if model.classifier is not None:
                     scores = F.log_softmax(model.classifier(last).float(), dim=-1)  # (B, C)

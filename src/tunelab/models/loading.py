@@ -124,16 +124,13 @@ def _load_error(base: str, exc: Exception) -> ModelError:
 
 
 def _converted(gguf: Path, target: Path) -> Path:
-    """Dequantise ``gguf`` into ``target`` once (atomic: temp folder, then rename)."""
+    """Dequantise ``gguf`` into ``target`` once (atomic: temp folder, then rename). Several
+    processes may convert at once (parallel test workers, a user's two commands): the
+    first rename wins and the others keep its copy."""
     stat = gguf.stat()
     source = {"gguf": str(gguf.resolve()), "size": stat.st_size}
-    marker = target / _CACHE_MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text())["size"] == stat.st_size:
-                return target
-        except (ValueError, KeyError):
-            pass
+    if _complete(target, stat.st_size):
+        return target
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -151,6 +148,23 @@ def _converted(gguf: Path, target: Path) -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / _CACHE_MARKER).write_text(json.dumps(source, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    if _complete(target, stat.st_size):  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete or outdated conversion
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process renamed its copy in between
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _complete(target, stat.st_size):
+            raise
     return target
+
+
+def _complete(target: Path, size: int) -> bool:
+    """Whether ``target`` holds a finished conversion of a GGUF file of ``size`` bytes."""
+    marker = target / _CACHE_MARKER
+    try:
+        return bool(json.loads(marker.read_text())["size"] == size)
+    except (OSError, ValueError, KeyError):
+        return False

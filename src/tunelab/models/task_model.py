@@ -50,26 +50,26 @@ class TaskModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
     ) -> torch.Tensor:
         """Final hidden states, (B, T, H). Never computes vocabulary logits.
 
-        ``past_key_values``: a KV cache of tokens that precede ``input_ids`` (then
-        ``attention_mask`` covers cached + new tokens, (B, P + T)).
+        ``cache``: a KV cache of tokens that precede ``input_ids`` (then ``attention_mask``
+        covers cached + new tokens, (B, P + T)).
         """
         out = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=past_key_values is not None,
+            cache=cache,
+            use_cache=cache is not None,
         )
         return out.last_hidden_state
 
     def prefix_cache(self, prefix: list[int]) -> Any:
         """KV cache of one token sequence, (1, P), for prompts that all start with it."""
         ids = torch.tensor([prefix], device=next(self.parameters()).device)
-        return self.decoder(input_ids=ids, use_cache=True).past_key_values
+        return self.decoder(input_ids=ids, use_cache=True).cache
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed loss of one batch and its term count (:func:`~tunelab.models.loss.batch_loss`).
