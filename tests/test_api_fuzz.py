@@ -34,6 +34,8 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 
+pytestmark = pytest.mark.fuzz
+
 CHECKS = [
     not_a_server_error,
     openapi_checks.negative_data_rejection,

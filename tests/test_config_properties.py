@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from tunelab.config import Config, dump_config, load_config, parse_config
 from tunelab.errors import TunelabError
 
+pytestmark = pytest.mark.fuzz
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(
     [*(ROOT / "examples").rglob("*.yaml"), *(ROOT / "src/tunelab/configs").glob("*.yaml")]

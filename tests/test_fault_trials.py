@@ -13,6 +13,8 @@ import torch
 
 from tunelab.training.checkpoint import TrainState, save_checkpoint
 
+pytestmark = pytest.mark.faults
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fault_trials.py"
 
 

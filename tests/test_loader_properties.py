@@ -24,6 +24,8 @@ from tunelab.data.sources import LINE_REASONS, iter_rows, read_rows
 from tunelab.data.types import FORMATS, Format, Record, Rejected, Row
 from tunelab.errors import DataError
 
+pytestmark = pytest.mark.fuzz
+
 
 def _settings(n: int) -> settings:
     # Derandomised and without an example database: every run, locally or in CI, tries the

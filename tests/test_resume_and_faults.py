@@ -36,6 +36,8 @@ from tunelab.training.checkpoint import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.faults
+
 runner = CliRunner()
 LONG = {"max_steps": 120, "eval_every": 5, "log_every": 5, "keep_checkpoints": 2}
 

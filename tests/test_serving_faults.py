@@ -22,6 +22,8 @@ import pytest
 from _server import running_server
 from tunelab.serving.store import FeedbackStore
 
+pytestmark = pytest.mark.faults
+
 FEEDBACK_THREADS = 4
 ACKS_BEFORE_KILL = 200  # acknowledged feedback posts before the kill
 ACK_DEADLINE = 120.0  # seconds; a healthy tiny server acknowledges hundreds per second
