@@ -21,6 +21,14 @@ from peft.tuners.lora import Linear as LoraLinear
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunelab.config import parse_config
+from tunelab.config.forgetting_section import (
+    EwcConfig,
+    KdConfig,
+    MitigationsConfig,
+    ReplayConfig,
+    SiConfig,
+)
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import ConfigError, TrainingError
@@ -112,8 +120,13 @@ def _ctx(model: TaskModel, general: list[Encoded], tok, **kw) -> Context:
     return Context(general=general, anchor=anchor, **{**settings, **kw})
 
 
+def _options(spec: dict[str, dict | None]) -> MitigationsConfig:
+    """``forgetting.mitigations`` validated by the config schema, as a run builds it."""
+    return parse_config({"forgetting": {"mitigations": spec}}).forgetting.mitigations
+
+
 def _build(name: str) -> Mitigation:
-    return MITIGATIONS[name](**OPTIONS[name])
+    return MITIGATIONS[name](getattr(_options({name: OPTIONS[name]}), name))
 
 
 def _step(
@@ -246,7 +259,7 @@ def test_hooks_run_in_loop_order(name, kind, lm, general, task, tok, tmp_path):
 def test_every_mitigation_at_once(kind, lm, general, task, tok, tmp_path):
     model = _model(lm, kind)
     ctx = _ctx(model, general, tok)
-    ms = build_mitigations(OPTIONS)
+    ms = build_mitigations(_options(OPTIONS))
     assert [m.name for m in ms] == list(MITIGATIONS)  # wise last: interpolates after SI
     train = list(task)
     for m in ms:
@@ -266,20 +279,22 @@ def test_every_mitigation_at_once(kind, lm, general, task, tok, tmp_path):
 
 def test_registry_order_and_errors():
     assert list(MITIGATIONS) == ["replay", "ewc", "si", "l2sp", "kd", "wise"]
-    built = build_mitigations({"wise": {}, "ewc": {"strength": 2.0}, "l2sp": None})
+    # the registry and the schema name the same mitigations: each option is declared once
+    assert set(MitigationsConfig.model_fields) == set(MITIGATIONS)
+    built = build_mitigations(_options({"wise": {}, "ewc": {"strength": 2.0}, "l2sp": {}}))
     assert [type(m).__name__ for m in built] == ["EWC", "L2SP", "WiSE"]
+    assert built[0].strength == 2.0 and built[0].samples == 64  # the schema's defaults
     with pytest.raises(ConfigError) as err:
-        build_mitigations({"ewk": {}})
+        _options({"ewk": {}})
     assert "forgetting.mitigations.ewk" in str(err.value) and "'ewc'" in str(err.value)
-    assert "replay, ewc, si, l2sp, kd, wise" in str(err.value)
     with pytest.raises(ConfigError, match=r"forgetting\.mitigations\.si\.dampng.*'damping'"):
-        build_mitigations({"si": {"dampng": 0.1}})
+        _options({"si": {"dampng": 0.1}})
     with pytest.raises(ConfigError) as err:
-        build_mitigations({"ewc": {"samples": 0, "strength": -1}})
+        _options({"ewc": {"samples": 0, "strength": -1}})
     assert "forgetting.mitigations.ewc.samples" in str(err.value)
     assert "forgetting.mitigations.ewc.strength" in str(err.value)  # every problem at once
     with pytest.raises(ConfigError, match=r"wise\.alpha"):
-        build_mitigations({"wise": {"alpha": 1.5}})
+        _options({"wise": {"alpha": 1.5}})
 
 
 # ---- hand-computed checks on a two-parameter model -------------------------------------
@@ -350,7 +365,7 @@ def test_weighted_distance_value_and_gradient_match_autograd():
 
 def test_ewc_normalised_fisher_has_mean_one(lm, general, tok):
     model = _model(lm, "full")
-    ewc = EWC(samples=4)
+    ewc = EWC(EwcConfig(samples=4))
     ewc.prepare(model, _ctx(model, general, tok))
     assert ewc.fisher is not None and ewc.raw_mean > 0 and ewc.used == 4
     total = sum(float(f.double().sum()) for f in ewc.fisher.values())
@@ -371,7 +386,7 @@ def test_si_previous_round_protects_what_it_learned(lm, general, task, tok, tmp_
     # round 1: a consolidation path, a few task steps, importances written by finish
     model = _model(lm, "full")
     ctx = _ctx(model, general, tok)
-    first = SI(general_steps=2)
+    first = SI(SiConfig(general_steps=2))
     first.prepare(model, ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _train(model, [first], optimizer, list(task), tok.pad_token_id, steps=2)
@@ -389,7 +404,7 @@ def test_si_previous_round_protects_what_it_learned(lm, general, task, tok, tmp_
     # round 2: only the previous importances (no consolidation path, no normalisation)
     model2 = _model(lm, "full")
     ctx2 = _ctx(model2, general, tok)
-    second = SI(general_steps=0, normalize=False, previous=str(tmp_path / "edited"))
+    second = SI(SiConfig(general_steps=0, normalize=False, previous=str(tmp_path / "edited")))
     second.prepare(model2, ctx2)
     assert second.matched == len(names) - 1
     flat = {n: saved[n].flatten() for n in names[1:]}
@@ -420,7 +435,7 @@ def test_si_refuses_a_consolidation_path_away_from_the_start(lm, general, tok):
     with torch.no_grad():
         next(iter(trainable_params(model).values())).add_(1.0)
     with pytest.raises(TrainingError, match="not at its starting weights"):
-        SI(general_steps=1).prepare(model, ctx)
+        SI(SiConfig(general_steps=1)).prepare(model, ctx)
 
 
 # ---- WiSE -------------------------------------------------------------------------------
@@ -464,23 +479,30 @@ def test_replay_ratio_arithmetic_and_determinism(lm, general, tok):
     train = [Encoded([1, 2, 3], prompt_len=1, class_index=i) for i in range(30)]
     pool = general[:3]
     ctx = Context(general=pool, pad_id=0, batch_size=2, precision="fp32", seed=0)
-    mixed = Replay(ratio=0.25).train_examples(train, ctx)
+    replay = Replay(ReplayConfig(ratio=0.25))
+    mixed = replay.train_examples(train, ctx)
     assert len(mixed) == 40 and mixed[:30] == train
     drawn = [pool.index(e) for e in mixed[30:]]
     assert sorted(drawn[:3]) == [0, 1, 2]  # every pool example once before any repeats
     assert sorted(drawn.count(i) for i in range(3)) == [3, 3, 4]  # a small pool is cycled
-    assert Replay(ratio=0.25).train_examples(train, ctx) == mixed  # seeded: the same list
-    other = Replay(ratio=0.25).train_examples(train, Context(**{**vars(ctx), "seed": 1}))
+    assert (
+        Replay(ReplayConfig(ratio=0.25)).train_examples(train, ctx) == mixed
+    )  # seeded: the same list
+    other = Replay(ReplayConfig(ratio=0.25)).train_examples(
+        train, Context(**{**vars(ctx), "seed": 1})
+    )
     assert other != mixed
     own = [Encoded([7, 8, 9], prompt_len=1)]
-    with_replay = Replay(ratio=0.25).train_examples(train, Context(**{**vars(ctx), "replay": own}))
+    with_replay = Replay(ReplayConfig(ratio=0.25)).train_examples(
+        train, Context(**{**vars(ctx), "replay": own})
+    )
     assert with_replay[30:] == own * 10  # ctx.replay is preferred over ctx.general
 
 
 def test_replay_refuses_a_classifier_head(lm, general, tok):
     model = _model(lm, "lora", head="classifier")
     with pytest.raises(ConfigError, match=r"method\.head: lm"):
-        Replay().prepare(model, _ctx(model, general, tok))
+        Replay(ReplayConfig()).prepare(model, _ctx(model, general, tok))
 
 
 def test_seeded_stream_is_a_pure_function_of_its_position():
@@ -518,9 +540,9 @@ def test_kd_teacher_is_the_starting_model(kind, lm, general, task, tok):
 
 def test_kd_batches_are_step_indexed(lm, general, tok):
     model = _model(lm, "lora")
-    kd = KD(batch_size=3)
+    kd = KD(KdConfig(batch_size=3))
     kd.prepare(model, _ctx(model, general, tok))
-    again = KD(batch_size=3)
+    again = KD(KdConfig(batch_size=3))
     again.prepare(model, _ctx(model, general, tok))
     for step in (1, 2, 9):
         a, b = kd.general_batch(model, step), again.general_batch(model, step)
@@ -532,7 +554,7 @@ def test_kd_batches_are_step_indexed(lm, general, tok):
 def test_state_files_hold_plain_tensors(tmp_path: Path, lm, general, task, tok):
     model = _model(lm, "full")
     ctx = _ctx(model, general, tok)
-    ewc = EWC(samples=2)
+    ewc = EWC(EwcConfig(samples=2))
     ewc.prepare(model, ctx)
     state = ewc.state_dict()
     assert {k for k in state if not k.startswith("fisher.")} == {"fisher_mean", "samples"}

@@ -130,7 +130,9 @@ def test_retention_suite_on_the_real_model(tok):
     ctx = Context(general=general, pad_id=tok.pad_token_id, batch_size=2, precision="fp32",
                   seed=0, anchor={n: p.detach().clone() for n, p in lora.named_parameters()
                                   if p.requires_grad})  # fmt: skip
-    (kd,) = build_mitigations({"kd": {"strength": 1.0}})
+    from tunelab.config.forgetting_section import KdConfig, MitigationsConfig
+
+    (kd,) = build_mitigations(MitigationsConfig(kd=KdConfig(strength=1.0)))
     kd.prepare(lora, ctx)
     assert kd.penalty(lora, 0).item() == pytest.approx(0.0, abs=1e-6)  # B = 0: student = teacher
     opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)

@@ -159,18 +159,13 @@ def check_retention(report: dict[str, Any], cfg: Config, where: Path) -> None:
 
 
 def build_mitigations(cfg: Config) -> list[Mitigation]:
-    spec = {
-        name: section.model_dump(exclude={"source"})
-        for name, section in cfg.forgetting.mitigations
-        if section is not None
-    }
-    if cfg.method.head == "classifier" and "replay" in spec:
+    if cfg.method.head == "classifier" and cfg.forgetting.mitigations.replay is not None:
         raise ForgettingError(
             "forgetting.mitigations.replay trains general text through the LM head, but "
             "method.head is 'classifier'",
             hint="use kd, ewc, si or l2sp with a classifier head, or method.head: lm",
         )
-    return _build(spec)
+    return _build(cfg.forgetting.mitigations)
 
 
 def mitigation_context(cfg: Config, tokenizer: Any, precision: str, work: Path) -> Context:

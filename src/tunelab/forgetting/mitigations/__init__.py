@@ -1,18 +1,18 @@
 """Catastrophic-forgetting mitigations: one file each, one registry line each.
 
-Every mitigation implements the hooks of :class:`Mitigation` (see ``base.py`` for when the
-training loop calls them); several compose freely (their penalties add up). They run in
-the registry's order, which puts WiSE's interpolation after every other ``finish``.
+Every mitigation implements the hooks of :class:`Mitigation` (``training/hooks.py`` says
+when the training loop calls them) and is built from its options: the section the config
+schema declares for it (``config/forgetting_section.py``), the one place each option and
+its bounds are written. Several compose freely (their penalties add up). They run in the
+registry's order, which puts WiSE's interpolation after every other ``finish``.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
-from tunelab.errors import ConfigError
+from tunelab.config.forgetting_section import MitigationsConfig
 from tunelab.forgetting.mitigations.ewc import EWC
 from tunelab.forgetting.mitigations.kd import KD
 from tunelab.forgetting.mitigations.l2sp import L2SP
@@ -23,7 +23,8 @@ from tunelab.training.hooks import Context, Mitigation
 
 __all__ = ["MITIGATIONS", "Context", "Mitigation", "build_mitigations"]
 
-MITIGATIONS: dict[str, type[Mitigation]] = {
+# name (a field of MitigationsConfig) -> the class, built from that field's section
+MITIGATIONS: dict[str, Callable[[Any], Mitigation]] = {
     "replay": Replay,
     "ewc": EWC,
     "si": SI,
@@ -33,32 +34,8 @@ MITIGATIONS: dict[str, type[Mitigation]] = {
 }
 
 
-def build_mitigations(spec: Mapping[str, Mapping[str, Any] | None]) -> list[Mitigation]:
-    """One instance per entry of ``spec`` (name → constructor options), in registry order.
-
-    Raises one ConfigError listing every unknown name or option (with the closest valid
-    one) and, from the constructors, every invalid value.
-    """
-    problems: list[tuple[str, str]] = []
-    for name, options in spec.items():
-        if name not in MITIGATIONS:
-            problems.append((f"forgetting.mitigations.{name}", _unknown(name, list(MITIGATIONS))))
-            continue
-        accepted = list(inspect.signature(MITIGATIONS[name]).parameters)
-        for option in options or {}:
-            if option not in accepted:
-                path = f"forgetting.mitigations.{name}.{option}"
-                problems.append((path, _unknown(option, accepted)))
-    if problems:
-        raise ConfigError(
-            "invalid forgetting mitigations",
-            problems=problems,
-            hint=f"mitigations: {', '.join(MITIGATIONS)}",
-        )
-    return [cls(**dict(spec[name] or {})) for name, cls in MITIGATIONS.items() if name in spec]
-
-
-def _unknown(value: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown; choose from {', '.join(choices)}{hint}"
+def build_mitigations(options: MitigationsConfig) -> list[Mitigation]:
+    """One instance per mitigation set in ``options`` (``forgetting.mitigations``, already
+    validated by the config schema, which declares every option once), in registry order."""
+    chosen = {name: getattr(options, name) for name in MITIGATIONS}
+    return [cls(chosen[name]) for name, cls in MITIGATIONS.items() if chosen[name] is not None]

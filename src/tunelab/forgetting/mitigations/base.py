@@ -1,16 +1,9 @@
-"""Helpers shared by the forgetting mitigations (their hooks: ``training/hooks.py``).
-
-The helpers below are shared by the mitigations: option checks that raise one
-:class:`~tunelab.errors.ConfigError` naming every bad option, the seeded example stream
-that every per-step sample is drawn from, and the general-data language-modelling loss.
-"""
+"""Helpers shared by the forgetting mitigations (their hooks: ``training/hooks.py``): the
+pool of general examples and the seeded stream every per-step sample is drawn from."""
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -18,32 +11,7 @@ from tunelab.data.tokenize import Encoded
 from tunelab.errors import ConfigError
 from tunelab.training.hooks import Context
 
-__all__ = ["check_options", "general_pool", "is_number", "seeded_stream"]
-
-
-# ---- option checks --------------------------------------------------------------------
-
-
-def is_number(value: Any, *, low: float | None = None, high: float | None = None) -> bool:
-    """A finite int/float (not a bool) within [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return False
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-def check_options(name: str, checks: Sequence[tuple[str, Any, bool, str]]) -> None:
-    """Raise one ConfigError listing every ``(option, value, ok, what it must be)`` not ok."""
-    problems = [
-        (f"forgetting.mitigations.{name}.{option}", f"got {value!r}; must be {must}")
-        for option, value, ok, must in checks
-        if not ok
-    ]
-    if problems:
-        raise ConfigError(
-            f"invalid options for the {name!r} forgetting mitigation",
-            problems=problems,
-            hint="fix the values under forgetting.mitigations in the config",
-        )
+__all__ = ["general_pool", "seeded_stream"]
 
 
 # ---- general data ---------------------------------------------------------------------

@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
+from tunelab.config.forgetting_section import EwcConfig
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import TrainingError
 from tunelab.forgetting.mitigations.base import (
-    check_options,
     general_pool,
-    is_number,
     seeded_stream,
 )
 from tunelab.forgetting.mitigations.l2sp import weighted_distance
@@ -90,19 +89,10 @@ class EWC(Mitigation):
 
     name = "ewc"
 
-    def __init__(self, strength: float = 1.0, samples: int = 64, normalize: bool = True) -> None:
-        check_options(
-            self.name,
-            [
-                ("strength", strength, is_number(strength, low=0), ">= 0"),
-                ("samples", samples, isinstance(samples, int) and not isinstance(samples, bool)
-                 and samples >= 1, "an integer >= 1"),
-                ("normalize", normalize, isinstance(normalize, bool), "true or false"),
-            ],
-        )  # fmt: skip
-        self.strength = float(strength)
-        self.samples = samples
-        self.normalize = normalize
+    def __init__(self, options: EwcConfig) -> None:
+        self.strength = options.strength
+        self.samples = options.samples
+        self.normalize = options.normalize
         self.fisher: dict[str, torch.Tensor] | None = None
         self.raw_mean = 0.0  # mean of the Fisher before normalisation
         self.used = 0  # examples the Fisher was estimated from

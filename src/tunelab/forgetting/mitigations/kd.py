@@ -13,12 +13,11 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.utils.checkpoint import checkpoint
 
+from tunelab.config.forgetting_section import KdConfig
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import IGNORE, Encoded
 from tunelab.forgetting.mitigations.base import (
-    check_options,
     general_pool,
-    is_number,
     seeded_stream,
 )
 from tunelab.models.loss import CHUNK
@@ -92,22 +91,10 @@ class KD(Mitigation):
 
     name = "kd"
 
-    def __init__(
-        self, strength: float = 1.0, temperature: float = 1.0, batch_size: int | None = None
-    ) -> None:
-        check_options(
-            self.name,
-            [
-                ("strength", strength, is_number(strength, low=0), ">= 0"),
-                ("temperature", temperature, is_number(temperature) and temperature > 0, "> 0"),
-                ("batch_size", batch_size, batch_size is None or (isinstance(batch_size, int)
-                 and not isinstance(batch_size, bool) and batch_size >= 1),
-                 "an integer >= 1 or null"),
-            ],
-        )  # fmt: skip
-        self.strength = float(strength)
-        self.temperature = float(temperature)
-        self.batch_size = batch_size
+    def __init__(self, options: KdConfig) -> None:
+        self.strength = options.strength
+        self.temperature = options.temperature
+        self.batch_size = options.batch_size
         self.teacher: TaskModel | None = None  # full fine-tuning only
         self.pool: list[Encoded] = []
         self.ctx: Context | None = None

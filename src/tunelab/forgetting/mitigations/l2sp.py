@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tunelab.forgetting.mitigations.base import check_options, is_number
+from tunelab.config.forgetting_section import L2spConfig
 from tunelab.models.task_model import TaskModel
 from tunelab.training.hooks import Context, Mitigation, trainable_params
 
@@ -70,9 +70,8 @@ class L2SP(Mitigation):
 
     name = "l2sp"
 
-    def __init__(self, strength: float = 1.0) -> None:
-        check_options(self.name, [("strength", strength, is_number(strength, low=0), ">= 0")])
-        self.strength = float(strength)
+    def __init__(self, options: L2spConfig) -> None:
+        self.strength = options.strength
         self.anchor: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: TaskModel, ctx: Context) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from tunelab.config.forgetting_section import ReplayConfig
 from tunelab.data.tokenize import Encoded
 from tunelab.errors import ConfigError
 from tunelab.forgetting.mitigations.base import (
-    check_options,
     general_pool,
-    is_number,
     seeded_stream,
 )
 from tunelab.models.task_model import TaskModel
@@ -36,12 +35,8 @@ class Replay(Mitigation):
 
     name = "replay"
 
-    def __init__(self, ratio: float = 0.2) -> None:
-        check_options(
-            self.name,
-            [("ratio", ratio, is_number(ratio) and 0 < ratio < 1, "between 0 and 1, e.g. 0.2")],
-        )
-        self.ratio = float(ratio)
+    def __init__(self, options: ReplayConfig) -> None:
+        self.ratio = options.ratio
 
     def train_examples(self, train: list[Encoded], ctx: Context) -> list[Encoded]:
         count = replay_count(len(train), self.ratio)

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.config.forgetting_section import SiConfig
 from tunelab.data.batching import collate
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.forgetting.mitigations.base import (
-    check_options,
     general_pool,
-    is_number,
     seeded_stream,
 )
 from tunelab.forgetting.mitigations.ewc import global_mean
@@ -109,32 +108,12 @@ class SI(Mitigation):
 
     name = "si"
 
-    def __init__(
-        self,
-        strength: float = 1.0,
-        damping: float = 0.1,
-        general_steps: int = 16,
-        normalize: bool = True,
-        previous: str | None = None,
-    ) -> None:
-        check_options(
-            self.name,
-            [
-                ("strength", strength, is_number(strength, low=0), ">= 0"),
-                ("damping", damping, is_number(damping) and damping > 0, "> 0, e.g. 0.1"),
-                ("general_steps", general_steps, isinstance(general_steps, int)
-                 and not isinstance(general_steps, bool) and general_steps >= 0,
-                 "an integer >= 0"),
-                ("normalize", normalize, isinstance(normalize, bool), "true or false"),
-                ("previous", previous, previous is None or isinstance(previous, str),
-                 "a folder path or null"),
-            ],
-        )  # fmt: skip
-        self.strength = float(strength)
-        self.damping = float(damping)
-        self.general_steps = general_steps
-        self.normalize = normalize
-        self.previous = previous
+    def __init__(self, options: SiConfig) -> None:
+        self.strength = options.strength
+        self.damping = options.damping
+        self.general_steps = options.general_steps
+        self.normalize = options.normalize
+        self.previous = options.previous
         self.prior: dict[str, torch.Tensor] | None = None  # penalty weights (normalised Ω)
         self.prior_scale = 1.0  # prior Ω = prior * prior_scale
         self.matched = 0  # tensors of `previous` used

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.forgetting.mitigations.base import check_options, is_number
+from tunelab.config.forgetting_section import WiseConfig
 from tunelab.models.task_model import TaskModel
 from tunelab.training.hooks import Context, Mitigation
 
@@ -59,9 +59,8 @@ class WiSE(Mitigation):
 
     name = "wise"
 
-    def __init__(self, alpha: float = 0.5) -> None:
-        check_options(self.name, [("alpha", alpha, is_number(alpha, low=0, high=1), "in [0, 1]")])
-        self.alpha = float(alpha)
+    def __init__(self, options: WiseConfig) -> None:
+        self.alpha = options.alpha
         self.anchor: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: TaskModel, ctx: Context) -> None:
