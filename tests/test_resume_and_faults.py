@@ -152,7 +152,8 @@ def test_nonfinite_skip_policy_skips_and_counts_the_batch(
     cfg = parse_config(_cfg(tmp_path, tiny_model_dir, sentiment_file, "skip", max_steps=6,
                             eval_every=2, nonfinite="skip", log_every=1))  # fmt: skip
     results = run_pipeline(cfg, stages=Stages(base_eval=False, tuned_eval=False))
-    assert results["training"]["steps"] == 6 and results["training"]["skipped_steps"] == 1
+    assert results.training is not None
+    assert results.training.steps == 6 and results.training.skipped_steps == 1
     run = tmp_path / "skip" / "tiny"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "skipped" in x] == [3]

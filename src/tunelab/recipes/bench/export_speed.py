@@ -29,7 +29,7 @@ from tunelab.export.folder import export_model
 from tunelab.models.loading import tokenizer_from
 from tunelab.models.saved import load_trained
 from tunelab.models.task_model import TaskModel
-from tunelab.recipes.run import setup
+from tunelab.recipes.setup import setup
 from tunelab.results import write_json
 
 __all__ = ["GEN_PROMPTS", "bench_export", "cold_load", "logit_agreement"]
