@@ -99,8 +99,9 @@ def test_resume_after_the_last_checkpoint_writes_the_model(
     saved = load_file(run / "model" / "adapter_model.safetensors")
     shutil.rmtree(run / "model")
     again = run_pipeline(cfg, stages=Stages(base_eval=False, tuned_eval=False), resume=True)
-    assert again["training"]["steps"] == first["training"]["steps"] == 5
-    assert again["training"]["best_step"] == first["training"]["best_step"]
+    assert again.training is not None and first.training is not None
+    assert again.training.steps == first.training.steps == 5
+    assert again.training.best_step == first.training.best_step
     for name, value in load_file(run / "model" / "adapter_model.safetensors").items():
         assert torch.equal(value, saved[name]), name
     with pytest.raises(TrainingError, match="already finished"):

@@ -21,7 +21,6 @@ from tunelab.report import build_report, reliability_diagram
 from tunelab.results import (
     Calibration,
     CompareTable,
-    Results,
     SplitEvaluation,
     read_results,
     write_json,
@@ -72,11 +71,7 @@ def compare_stage(
         rows.append(assess.tuned_row(cfg, tuned.to(env.device), env.tokenizer,
                                      prep.splits["test"], test, env.ev, **scoring))  # fmt: skip
     table = assess.compare_table(rows, prep.labels is not None, skipped)
-
-    def put(results: Results) -> None:
-        results.compare = table
-
-    _merge_results(cfg, "compare.json", table, put)
+    _merge_results(cfg, compare=table)
     return table
 
 
@@ -105,26 +100,26 @@ def calibrate_stage(cfg: Config, model_path: Path | None) -> Calibration:
     save_temperature(model_dir, report.to_json())
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "reliability.png").write_bytes(reliability_diagram(report))
-
-    def put(results: Results) -> None:
-        results.calibration = report
-
-    _merge_results(cfg, "calibration.json", report, put)
+    _merge_results(cfg, calibration=report)
     return report
 
 
 def _merge_results(
-    cfg: Config, name: str, part: CompareTable | Calibration, put: Callable[[Results], None]
+    cfg: Config, *, compare: CompareTable | None = None, calibration: Calibration | None = None
 ) -> None:
-    """``<run>/<name>``; and the part ``put`` into ``results.json``, plus the report, when
-    the run has them (an older results.json is rewritten in this version's shape)."""
+    """``<run>/compare.json`` or ``<run>/calibration.json``; and the part in ``results.json``,
+    plus the report, when the run has them (an older results.json is rewritten in this
+    version's layout)."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / name, part.to_json())
+    for name, part in (("compare.json", compare), ("calibration.json", calibration)):
+        if part is not None:
+            write_json(run_dir / name, part.to_json())
     path = run_dir / "results.json"
     if path.is_file():
         results = read_results(path)
-        put(results)
+        results.compare = compare or results.compare
+        results.calibration = calibration or results.calibration
         write_results(path, results)
         if cfg.eval.report:
             build_report(run_dir)

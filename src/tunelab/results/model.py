@@ -2,10 +2,11 @@
 writes the dump of the whole (:func:`write_results`) and every reader (report, model card,
 CLI, tracking) reads its fields.
 
-A part is None when its stage did not run (``eval.base: false``, no compare, no retention
-suite, ``tunelab train`` alone) and a field with a default may be missing from a file an
-older tunelab wrote: such files still load (:func:`read_results`), and the validators below
-carry the one layout change typed results made (see ``docs/results.md``).
+A part is None, and has no key in the file, when its stage did not run (``eval.base:
+false``, no compare, no retention suite, ``tunelab train`` alone). A field with a default
+may be missing from a file an older tunelab wrote: such files still load
+(:func:`read_results`), and the ``mode="before"`` validators carry what typed results moved
+(see ``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ class Results(Part):
     forgetting: Retention | None = None
     wall_seconds: float | None = None
     peak_rss_mb: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object results.json holds; a part whose stage did not run has no key."""
+        return {k: v for k, v in super().to_json().items() if v is not None}
 
 
 def write_results(path: Path, results: Results) -> None:
