@@ -69,7 +69,8 @@ def child_epoch(n: int) -> dict:
     start = time.perf_counter()
     res = run_pipeline(cfg, stages=Stages(base_eval=False, train=True, tuned_eval=False))
     return {"kind": "epoch", "rows": n, "wall_s": round(time.perf_counter() - start, 1),
-            "training": res.get("training"), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+            "training": res.training.to_json() if res.training else None,
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 def child_seqlen(length: int, cap: str) -> dict:

@@ -187,7 +187,7 @@ def test_the_student_folder_loads_evaluates_and_is_smaller(distilled, teacher_ru
     assert model.lm.config.num_hidden_layers == 2
     cfg = load_config(teacher_run, [])
     evaluated = evaluate_stage(cfg, folder)
-    assert evaluated["metrics"]["accuracy"] == pytest.approx(
+    assert evaluated.metrics["accuracy"] == pytest.approx(
         result["student"]["test"]["metrics"]["accuracy"]
     )
     t, s = result["teacher"], result["student"]

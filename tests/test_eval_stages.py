@@ -19,6 +19,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.nll import example_nll, mean_loss
 from tunelab.recipes.run import run_pipeline
 from tunelab.report.tracking import final_scalars, open_mlflow
+from tunelab.results import Results
 
 runner = CliRunner()
 
@@ -141,16 +142,25 @@ def test_example_nll_sums_to_the_mean_loss(tiny_model_dir):
 
 
 def test_final_scalars_flatten_results():
-    results = {
-        "base": {"metrics": {"accuracy": 0.5, "per_class": {"a": {"f1": 1.0}}}},
-        "tuned": {"metrics": {"accuracy": 0.8}},
-        "compare": {"rows": [{"name": "base 4-shot", "metrics": {"accuracy": 0.6},
-                              "prompt_tokens": 300.0}]},
-        "calibration": {"temperature": 1.5, "before": {"ece": 0.2}, "after": {"ece": 0.05}},
-        "forgetting": {"retention_score": 0.9, "probes": {"qa": {"base": 1, "tuned": 2,
-                                                                 "retention": 0.5}}},
+    per_class = {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}}
+    results = Results.model_validate({
+        "base": {"n": 2, "metrics": {"accuracy": 0.5, "per_class": per_class}},
+        "tuned": {"n": 2, "metrics": {"accuracy": 0.8}},
+        "compare": {"primary": "accuracy", "rows": [
+            {"name": "base 4-shot", "model": "base", "shots": 4, "n": 2,
+             "metrics": {"accuracy": 0.6}, "prompt_tokens": 300.0}]},
+        "calibration": {"temperature": 1.5, "bins": 15, "n_fit": 2, "n_test": 2,
+                        "before": _calib(0.2), "after": _calib(0.05)},
+        "forgetting": {"retention_score": 0.9, "retention_ci95": [0.8, 1.0],
+                       "n_probes_in_score": 1,
+                       "probes": {"qa": {"metric": "match_f1", "higher_is_better": True,
+                                         "base": 1, "tuned": 2, "delta": 1.0,
+                                         "ci95": [0.5, 1.5], "significant": True,
+                                         "retention": 0.5, "retention_ci95": [0.4, 0.6]}}},
         "training": {"steps": 8, "stopped": "completed"},
-    }  # fmt: skip
+    })  # fmt: skip
+    calib = {f"calibration/{side}/{k}": v for side, ece in (("before", 0.2), ("after", 0.05))
+             for k, v in _calib(ece).items()}  # fmt: skip
     assert final_scalars(results) == {
         "test/base/accuracy": 0.5, "test/tuned/accuracy": 0.8,
         "compare/base 4-shot/accuracy": 0.6, "compare/base 4-shot/prompt_tokens": 300.0,
@@ -158,7 +168,11 @@ def test_final_scalars_flatten_results():
         "calibration/after/ece": 0.05, "forgetting/retention_score": 0.9,
         "forgetting/qa/base": 1.0, "forgetting/qa/tuned": 2.0, "forgetting/qa/retention": 0.5,
         "training/steps": 8.0,
-    }  # fmt: skip
+    } | calib  # fmt: skip
+
+
+def _calib(ece: float) -> dict[str, float]:
+    return {"ece": ece, "brier": 0.1, "nll": 0.3, "accuracy": 0.8, "mean_confidence": 0.7}
 
 
 class _FakeMlflow(types.ModuleType):

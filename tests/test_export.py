@@ -32,6 +32,7 @@ from tunelab.errors import ConfigError, ModelError
 from tunelab.export.folder import export_model
 from tunelab.export.model_card import model_card
 from tunelab.models.saved import load_trained
+from tunelab.results import Results
 
 runner = CliRunner()
 app = typer.Typer()
@@ -254,18 +255,21 @@ def test_model_card_reports_the_run(runs, exports):
 
 def test_model_card_renders_compare_and_forgetting():
     info = {"base": "smollm2-135m-instruct", "kind": "lora", "head": "lm", "labels": None}
-    row = {"name": "fine-tuned", "shots": 0, "metrics": {"accuracy": 0.855},
-           "ci95": {"accuracy": [0.81, 0.9]}, "prompt_tokens": 78.6}  # fmt: skip
-    results = {
+    row = {"name": "fine-tuned", "model": "tuned", "shots": 0, "n": 200,
+           "metrics": {"accuracy": 0.855}, "ci95": {"accuracy": [0.81, 0.9]},
+           "prompt_tokens": 78.6}  # fmt: skip
+    results = Results.model_validate({
         "run": "demo",
         "compare": {"primary": "accuracy", "n": 200, "rows": [row], "conclusion": "it wins"},
         "forgetting": {
             "retention_score": 0.866, "retention_ci95": [0.836, 0.876], "n_probes_in_score": 1,
             "probes": {"prose_ppl": {"metric": "nll", "base": 3.46, "tuned": 3.45,
                                      "delta": -0.0086, "ci95": [-0.025, 0.007],
-                                     "retention": 1.009, "higher_is_better": False}},
+                                     "significant": False, "retention": 1.009,
+                                     "retention_ci95": [None, None],
+                                     "higher_is_better": False}},
         },
-    }  # fmt: skip
+    })  # fmt: skip
     card = model_card(info, {"weights": "fp32"}, results)
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "| fine-tuned | 0 | 0.855 [0.810, 0.900] | 78.6 |" in card

@@ -84,21 +84,23 @@ def test_run_measures_retention_and_caches_the_base(tmp_path, tiny_model_dir, se
     raw = _cfg(tmp_path, tiny_model_dir, sentiment_file, "one", forgetting={"sets": sets},
                eval={"base": False})  # fmt: skip
     results = run_pipeline(parse_config(raw))
-    report = results["forgetting"]
-    names = set(report["probes"])
+    report = results.forgetting
+    assert report is not None
+    names = set(report.probes)
     assert {"qa_loglik", "qa_match", "prose_ppl", "chat_ppl", "drift_kl",
             "instruct_rougeL", "sentiment"} <= names  # fmt: skip
-    assert report["probes"]["sentiment"]["metric"] == "accuracy"
-    assert 0.0 <= report["retention_score"] <= 1.0
-    lo, hi = report["retention_ci95"]
-    assert lo <= report["retention_score"] <= hi
-    assert json.loads((tmp_path / "one" / "tiny" / "forgetting.json").read_text()) == report
-    assert report["base_cached"] is False or report["base_cached"] is True
+    assert report.probes["sentiment"].metric == "accuracy"
+    assert report.retention_score is not None and 0.0 <= report.retention_score <= 1.0
+    lo, hi = report.retention_ci95
+    assert lo is not None and hi is not None and lo <= report.retention_score <= hi
+    saved = json.loads((tmp_path / "one" / "tiny" / "forgetting.json").read_text())
+    assert saved == report.to_json()
+    assert report.base_cached is False or report.base_cached is True
     # a second run of the same base reuses the base measurement
     raw["name"] = "two"
-    again = run_pipeline(parse_config(raw))["forgetting"]
-    assert again["base_cached"] is True
-    assert again["probes"]["qa_loglik"]["base"] == report["probes"]["qa_loglik"]["base"]
+    again = run_pipeline(parse_config(raw)).forgetting
+    assert again is not None and again.base_cached is True
+    assert again.probes["qa_loglik"].base == report.probes["qa_loglik"].base
 
 
 def test_min_retention_fails_the_run_after_saving(tmp_path, tiny_model_dir, sentiment_file):
@@ -190,7 +192,7 @@ def test_si_second_round_protects_the_first(tmp_path, tiny_model_dir, sentiment_
              forgetting={"suite": "none", "mitigations": {"si": {"general_steps": 2}}})
     )  # fmt: skip
     first = run_pipeline(round1, stages=Stages(base_eval=False, tuned_eval=False))
-    assert first["mitigations"]["used"] == ["si"]
+    assert first.mitigations is not None and first.mitigations.used == ["si"]
     model1 = round1.run_dir / "model"
     si = {"general_steps": 0, "previous": str(model1)}
     raw = _cfg(tmp_path, tiny_model_dir, sentiment_file, "r2", method={"kind": "full"},
@@ -199,7 +201,8 @@ def test_si_second_round_protects_the_first(tmp_path, tiny_model_dir, sentiment_
     raw["train"]["log_every"] = 1
     second = run_pipeline(parse_config(raw), stages=Stages(base_eval=False, tuned_eval=False))
     importances = load_file(model1 / "si_importance.safetensors")
-    assert second["mitigations"]["si_matched_previous"] == len(importances) > 0
+    assert second.mitigations is not None
+    assert second.mitigations.facts["si_matched_previous"] == len(importances) > 0
     # with no consolidation path of its own, round 2's penalty comes from round 1 only
     lines = [json.loads(x) for x in (tmp_path / "r2" / "tiny" / "metrics.jsonl").read_text()
              .splitlines() if '"loss"' in x]  # fmt: skip

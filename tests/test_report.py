@@ -23,6 +23,7 @@ from tunelab.recipes.run import run_pipeline
 from tunelab.report import build_report, compare_chart, loss_curves, reliability_diagram
 from tunelab.report.plots import generation_metric_keys
 from tunelab.report.sections import SECTIONS
+from tunelab.results import Calibration, CompareTable
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -332,15 +333,15 @@ def test_missing_or_broken_results_is_a_clear_error(tmp_path):
 def test_plots_are_pngs_and_leave_no_open_figure():
     import matplotlib.pyplot as plt
 
-    calibration = _results()["calibration"]
+    calibration = Calibration.model_validate(_results()["calibration"])
     pngs = [
         loss_curves(_records()),
         loss_curves([r for r in _records() if "val_accuracy" not in r], best_step=40),
         loss_curves([]),
         reliability_diagram(calibration),
-        reliability_diagram({}),
-        compare_chart(_results()["compare"]),
-        compare_chart({"rows": []}),
+        reliability_diagram(calibration.model_copy(update={"reliability": None})),
+        compare_chart(CompareTable.model_validate(_results()["compare"])),
+        compare_chart(CompareTable(primary="accuracy", rows=[])),
     ]
     assert all(png.startswith(PNG_MAGIC) for png in pngs)
     # a second panel for generation metrics makes the figure taller (8x6.8 vs 8x3.4 inches)
@@ -470,7 +471,8 @@ def test_a_real_runs_report_renders_in_headless_chromium(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     results = run_pipeline(load_config(path, []))
-    assert {"compare", "calibration", "forgetting", "training"} <= set(results)
+    parts = (results.compare, results.calibration, results.forgetting, results.training)
+    assert all(part is not None for part in parts)
     page = tmp_path / "runs" / "tiny" / "report.html"
     text = _check_in_chromium(page, "tunelab report: tiny", 3, "report-tiny-run.png")
     assert "correct" in text or "wrong" in text

@@ -101,8 +101,9 @@ def test_resume_after_the_last_checkpoint_writes_the_model(
     saved = load_file(run / "model" / "adapter_model.safetensors")
     shutil.rmtree(run / "model")
     again = run_pipeline(cfg, stages=Stages(base_eval=False, tuned_eval=False), resume=True)
-    assert again["training"]["steps"] == first["training"]["steps"] == 5
-    assert again["training"]["best_step"] == first["training"]["best_step"]
+    assert again.training is not None and first.training is not None
+    assert again.training.steps == first.training.steps == 5
+    assert again.training.best_step == first.training.best_step
     for name, value in load_file(run / "model" / "adapter_model.safetensors").items():
         assert torch.equal(value, saved[name]), name
     with pytest.raises(TrainingError, match="already finished"):
@@ -154,7 +155,8 @@ def test_nonfinite_skip_policy_skips_and_counts_the_batch(
     cfg = parse_config(_cfg(tmp_path, tiny_model_dir, sentiment_file, "skip", max_steps=6,
                             eval_every=2, nonfinite="skip", log_every=1))  # fmt: skip
     results = run_pipeline(cfg, stages=Stages(base_eval=False, tuned_eval=False))
-    assert results["training"]["steps"] == 6 and results["training"]["skipped_steps"] == 1
+    assert results.training is not None
+    assert results.training.steps == 6 and results.training.skipped_steps == 1
     run = tmp_path / "skip" / "tiny"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "skipped" in x] == [3]

@@ -154,6 +154,7 @@ def test_sweep_writes_the_table_and_a_best_config_and_never_scores_test(
     tmp_path, tiny_model_dir, sentiment_file, monkeypatch
 ):
     import tunelab.recipes.run as workflow
+    import tunelab.recipes.setup as starts
 
     def no_test(*_a, **_k):
         raise AssertionError("a sweep trial scored the test split")
@@ -162,9 +163,9 @@ def test_sweep_writes_the_table_and_a_best_config_and_never_scores_test(
     monkeypatch.setattr(workflow, "predict", no_test)
     monkeypatch.setattr(workflow, "score", no_test)
     prepared = []
-    real_prepare = workflow.prepare
+    real_prepare = starts.prepare
     monkeypatch.setattr(
-        workflow, "prepare", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k)
+        starts, "prepare", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k)
     )
     cfg = _config(tiny_model_dir, sentiment_file, tmp_path / "runs", {
         "trials": 3, "metric": "val_accuracy",

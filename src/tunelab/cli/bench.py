@@ -18,7 +18,7 @@ from tunelab.recipes.bench.eval_speed import bench_eval
 from tunelab.recipes.bench.prepare_speed import bench_prepare
 from tunelab.recipes.bench.synthetic import write_rows
 from tunelab.recipes.bench.train_speed import ENGINES, TrainBenchSpec, bench_train
-from tunelab.recipes.run import setup
+from tunelab.recipes.setup import setup
 from tunelab.results import write_json
 
 app = typer.Typer(help="Benchmarks (speed and memory) on this machine.", no_args_is_help=True)

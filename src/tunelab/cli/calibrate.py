@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
 from tunelab.recipes.stages import calibrate_stage
+from tunelab.results import Calibration
 
 
 def calibrate(
@@ -30,16 +31,15 @@ def calibrate(
     )
 
 
-def print_calibration(report: dict[str, Any]) -> None:
+def print_calibration(report: Calibration) -> None:
     out = Table(
-        title=f"calibration: temperature {report['temperature']:.3f} fitted on "
-        f"{report['n_fit']} val examples; test split ({report['n_test']} examples)"
+        title=f"calibration: temperature {report.temperature:.3f} fitted on "
+        f"{report.n_fit} val examples; test split ({report.n_test} examples)"
     )
     out.add_column("")
     for key in ("ece", "brier", "nll", "accuracy", "mean_confidence"):
         out.add_column(key, justify="right")
-    for side in ("before", "after"):
-        values = report[side]
-        out.add_row(side, *(f"{values[k]:.4f}" for k in ("ece", "brier", "nll", "accuracy",
-                                                          "mean_confidence")))  # fmt: skip
+    for side, v in (("before", report.before), ("after", report.after)):
+        values = (v.ece, v.brier, v.nll, v.accuracy, v.mean_confidence)
+        out.add_row(side, *(f"{x:.4f}" for x in values))
     console.print(out)

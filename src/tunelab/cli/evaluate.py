@@ -29,17 +29,17 @@ def eval_(
     cfg = get_config(config, set_)
     result = evaluate_stage(cfg, model, split=split)
     if json_out:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result.to_json(), indent=2, default=str))
         return
-    table = Table(title=f"{result['model']} on {split} ({result['n']} examples)")
+    table = Table(title=f"{result.model} on {split} ({result.n} examples)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% interval", justify="right")
-    for key, value in result["metrics"].items():
-        if isinstance(value, int | float):
-            ci = result["ci95"].get(key)
-            table.add_row(key, f"{value:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+    for key, value in result.metrics.items():
+        lo, hi = result.ci95.get(key, (None, None))
+        ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        table.add_row(key, f"{value:.4f}", ci)
     console.print(table)
-    temperature = result.get("temperature", 1.0)
+    temperature = result.temperature if result.temperature is not None else 1.0
     note = f"; confidences at calibration temperature {temperature:.3f}"
-    console.print(f"{result['seconds']} s{note if temperature != 1 else ''}")
+    console.print(f"{result.seconds} s{note if temperature != 1 else ''}")

@@ -18,7 +18,7 @@ from tunelab.models.saved import load_trained
 from tunelab.models.task_model import TaskModel
 from tunelab.recipes import forgetting
 from tunelab.recipes.forgetting_sweep import task_metric, wise_sweep
-from tunelab.results import write_json
+from tunelab.results import Retention, write_json
 
 app = typer.Typer(
     help="Measure catastrophic forgetting (the retention suite) and sweep WiSE interpolation.",
@@ -76,27 +76,27 @@ def measure(
         cfg, TaskModel(load_base(cfg.model.base), "lm"), tokenizer, probes, settings
     )
     report = forgetting.tuned_report(cfg, tuned, tokenizer, probes, settings, reference)
-    report["base_cached"] = cached
+    report.base_cached = cached
     print_report(report)
     if out is not None:
-        write_json(out, report)
+        write_json(out, report.to_json())
     forgetting.check_retention(report, cfg, out or model)
 
 
-def print_report(report: dict[str, Any]) -> None:
-    rows = format_table(report)
+def print_report(report: Retention) -> None:
+    rows = format_table(report.to_json())
     table = Table(title="retention: base vs fine-tuned (95% bootstrap intervals)")
     for name in rows[0]:
         table.add_column(name)
     for row in rows[1:-1]:  # the last row is the score, printed below in full
         table.add_row(*row)
     console.print(table)
-    lo, hi = (_fmt(x) for x in report["retention_ci95"])
+    lo, hi = (_fmt(x) for x in report.retention_ci95)
     console.print(
-        f"retention score [bold]{_fmt(report['retention_score'])}[/] [{lo}, {hi}] "
+        f"retention score [bold]{_fmt(report.retention_score)}[/] [{lo}, {hi}] "
         "(1.0 = nothing lost; * marks a delta whose 95% interval excludes 0)"
     )
-    for note in report.get("notes", []):
+    for note in report.notes:
         console.print(f"note: {note}")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
-from tunelab.recipes.run import prepare_stage
+from tunelab.recipes.setup import prepare_stage
 
 
 def prepare(config: ConfigArg = None, set_: SetOpt = None) -> None:

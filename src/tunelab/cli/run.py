@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -13,6 +13,7 @@ from tunelab.cli.calibrate import print_calibration
 from tunelab.cli.compare import print_compare
 from tunelab.cli.forgetting import print_report
 from tunelab.recipes.run import run_pipeline
+from tunelab.results import Results
 
 
 def run(
@@ -34,9 +35,9 @@ def run(
     console.print(f"run folder: [bold]{cfg.run_dir}[/]  (results.json, report.html, model/)")
 
 
-def print_summary(results: dict[str, Any]) -> None:
-    base = results.get("base", {}).get("metrics", {})
-    tuned = results.get("tuned", {}).get("metrics", {})
+def print_summary(results: Results) -> None:
+    base = results.base.metrics if results.base else {}
+    tuned = results.tuned.metrics if results.tuned else {}
     table = Table(title="test split: base (zero-shot) vs fine-tuned")
     table.add_column("metric")
     table.add_column("base", justify="right")
@@ -44,27 +45,23 @@ def print_summary(results: dict[str, Any]) -> None:
     table.add_column("change", justify="right")
     for key in sorted(set(base) | set(tuned)):
         b, t = base.get(key), tuned.get(key)
-        if not isinstance(b, int | float) and not isinstance(t, int | float):
-            continue
-        change = (
-            f"{t - b:+.4f}" if isinstance(b, int | float) and isinstance(t, int | float) else ""
-        )
+        change = f"{t - b:+.4f}" if b is not None and t is not None else ""
         table.add_row(key, _fmt(b), _fmt(t), change)
     console.print(table)
-    if "compare" in results:
-        print_compare(results["compare"])
-    if "calibration" in results:
-        print_calibration(results["calibration"])
-    if "forgetting" in results:
-        print_report(results["forgetting"])
-    training = results.get("training")
+    if results.compare is not None:
+        print_compare(results.compare)
+    if results.calibration is not None:
+        print_calibration(results.calibration)
+    if results.forgetting is not None:
+        print_report(results.forgetting)
+    training = results.training
     if training:
         console.print(
-            f"trained {training['steps']} steps ({training['stopped']}), best step "
-            f"{training['best_step']}, {training['tokens_per_second']} tokens/s; "
-            f"wall {results['wall_seconds']} s, peak RSS {results['peak_rss_mb']} MiB"
+            f"trained {training.steps} steps ({training.stopped}), best step "
+            f"{training.best_step}, {training.tokens_per_second} tokens/s; "
+            f"wall {results.wall_seconds} s, peak RSS {results.peak_rss_mb} MiB"
         )
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -55,8 +55,9 @@ def train(
         raise interrupted(cfg, "train", config) from None
     if not current().is_main:
         return
-    t = results["training"]
+    t = results.training
+    assert t is not None and t.best_val_loss is not None  # run_pipeline trained on rank 0
     console.print(
-        f"done: {t['steps']} steps ({t['stopped']}), best val loss {t['best_val_loss']:.4f} "
-        f"at step {t['best_step']}; model in {cfg.run_dir / 'model'}"
+        f"done: {t.steps} steps ({t.stopped}), best val loss {t.best_val_loss:.4f} "
+        f"at step {t.best_step}; model in {cfg.run_dir / 'model'}"
     )

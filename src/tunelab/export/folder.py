@@ -45,6 +45,7 @@ from tunelab.models.saved import (
     load_trained,
     replace_folder,
 )
+from tunelab.results import Results, read_results
 
 __all__ = ["QUANTIZATIONS", "export_model", "folder_bytes"]
 
@@ -70,7 +71,7 @@ def export_model(
             hint=f"choose one of: {', '.join(QUANTIZATIONS)} (or leave it out for fp32)",
         )
     check_target(out, model_dir, overwrite=overwrite)
-    results = read_results(model_dir)
+    results = read_run_results(model_dir)
     tmp = out.with_name(f".{out.name}.export-{os.getpid()}")
     staging = out.with_name(f".{out.name}.fp32-{os.getpid()}")
     for folder in (tmp, staging):
@@ -142,9 +143,10 @@ def check_target(out: Path, model_dir: Path, *, overwrite: bool) -> None:
             raise ConfigError(f"--out {out} is a file", hint="choose a folder path for --out")
 
 
-def read_results(model_dir: Path) -> dict[str, Any] | None:
+def read_run_results(model_dir: Path) -> Results | None:
     """The run's ``results.json`` (in the parent of ``model/``), or None when absent."""
-    return _read_json(model_dir.parent / "results.json")
+    path = model_dir.parent / "results.json"
+    return read_results(path) if path.is_file() else None
 
 
 def standalone_lm(lm: Any) -> Any:
@@ -201,7 +203,7 @@ def export_facts(
     info: Mapping[str, Any],
     quantize: str | None,
     parameters: int,
-    results: Mapping[str, Any] | None,
+    results: Results | None,
 ) -> dict[str, Any]:
     """The ``exported`` section of the exported ``tunelab_model.json``."""
     quantization = None
@@ -218,7 +220,7 @@ def export_facts(
         }
     return {
         "from": str(model_dir.resolve()),
-        "run": (results or {}).get("run"),
+        "run": results.run if results else None,
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tunelab_version": __version__,
         "kind_before_export": info["kind"],

@@ -21,6 +21,7 @@ from tunelab.models.generation import reply
 from tunelab.models.registry import ALIASES
 from tunelab.models.saved import CALIBRATION_FILE
 from tunelab.report._format import ci_text, fmt, fmt_metric, fmt_seconds
+from tunelab.results import Calibration, CalibrationSummary, Interval, Results
 
 __all__ = ["CARD_FILE", "CLASSIFIER_FILE", "model_card"]
 
@@ -36,7 +37,7 @@ _REPLY = inspect.signature(reply).parameters  # tunelab's own decoding defaults
 def model_card(
     info: Mapping[str, Any],
     exported: Mapping[str, Any],
-    results: Mapping[str, Any] | None,
+    results: Results | None,
     calibration: Mapping[str, Any] | None = None,
 ) -> str:
     """``README.md`` of the export: Hub front matter, then the run's measurements.
@@ -44,18 +45,22 @@ def model_card(
     ``results`` is the run's ``results.json`` (None for a bare model folder: every
     measured section then says it is absent); ``calibration`` the model's calibration.json.
     """
-    r = results or {}
-    name = r.get("run") or "tunelab model"
+    r = results if results is not None else Results()
+    why = (
+        "this run did not measure it"
+        if results is not None
+        else "the model folder had no results.json beside it; export the run folder"
+    )
     sections = [
         _front_matter(info, exported),
-        f"# {name}\n\n{_summary(info, exported, r)}",
+        f"# {r.run or 'tunelab model'}\n\n{_summary(info, exported, r)}",
         _usage(info, exported, r),
-        _test_metrics(r, quantized=bool(exported.get("quantization"))),
-        _compare(r),
-        _calibration(r, calibration),
-        _forgetting(r),
-        _data(r),
-        _training(info, r),
+        _test_metrics(r, why, quantized=bool(exported.get("quantization"))),
+        _compare(r, why),
+        _calibration(r.calibration, calibration, why),
+        _forgetting(r, why),
+        _data(r, why),
+        _training(info, r, why),
         _export_section(exported),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
@@ -86,10 +91,10 @@ def _looks_like_hub_id(base: str) -> bool:
     return base.count("/") == 1 and not base.startswith((".", "/", "~")) and not Path(base).exists()
 
 
-def _summary(info: Mapping[str, Any], exported: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+def _summary(info: Mapping[str, Any], exported: Mapping[str, Any], r: Results) -> str:
     kind = {"lora": "LoRA (adapters merged into the weights)", "full": "full fine-tuning",
             "frozen": "frozen base (only the classifier head was trained)"}  # fmt: skip
-    source = (r.get("model") or {}).get("source")
+    source = r.model.source if r.model else None
     rows = {
         "base model": f"`{info['base']}`" + (f" ({source})" if source else ""),
         "method": kind.get(str(info["kind"]), str(info["kind"])),
@@ -112,9 +117,9 @@ def _labels(info: Mapping[str, Any]) -> str | None:
     )
 
 
-def _usage(info: Mapping[str, Any], exported: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    samples = (r.get("tuned") or {}).get("samples") or [{}]
-    prompt = samples[0].get("prompt") or "Hello! What can you do?"
+def _usage(info: Mapping[str, Any], exported: Mapping[str, Any], r: Results) -> str:
+    samples = r.tuned.samples if r.tuned else []
+    prompt = (samples[0].prompt if samples else "") or "Hello! What can you do?"
     torchao = " The int8 weights need `pip install torchao` as well."
     lines = [
         "## How to load",
@@ -160,33 +165,27 @@ def _usage(info: Mapping[str, Any], exported: Mapping[str, Any], r: Mapping[str,
     return "\n".join(lines)
 
 
-def _absent(what: str, r: Mapping[str, Any]) -> str:
-    why = ("this run did not measure it" if r else
-           "the model folder had no results.json beside it; export the run folder")  # fmt: skip
+def _absent(what: str, why: str) -> str:
     return f"Not in this export: {what} ({why})."
 
 
-def _scalar_metrics(block: Mapping[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in (block.get("metrics") or {}).items() if isinstance(v, int | float)}
-
-
-def _with_ci(value: Any, ci: Any, *, signed: bool = False) -> str:
+def _with_ci(value: float | None, ci: Interval | None, *, signed: bool = False) -> str:
     """``0.860 [0.828, 0.892]``; the value alone when there is no interval."""
     return f"{fmt_metric(value, signed=signed)} {ci_text(ci)}".strip()
 
 
-def _test_metrics(r: Mapping[str, Any], *, quantized: bool) -> str:
+def _test_metrics(r: Results, why: str, *, quantized: bool) -> str:
     head = "## Test metrics"
-    tuned, base = r.get("tuned") or {}, r.get("base") or {}
-    if not tuned:
-        return f"{head}\n\n{_absent('test metrics', r)}"
+    tuned, base = r.tuned, r.base
+    if tuned is None:
+        return f"{head}\n\n{_absent('test metrics', why)}"
     rows = []
-    for key, value in _scalar_metrics(tuned).items():
-        before = _scalar_metrics(base).get(key)
+    for key, value in tuned.metrics.items():
+        before = base.metrics.get(key) if base else None
         delta = fmt_metric(value - before, signed=True) if before is not None else "—"
-        rows.append([key, _with_ci(before, (base.get("ci95") or {}).get(key)) if base else "—",
-                     _with_ci(value, (tuned.get("ci95") or {}).get(key)), delta])  # fmt: skip
-    note = (f"On the test split ({fmt(tuned.get('n'))} examples); 95% bootstrap intervals in "
+        rows.append([key, _with_ci(before, base.ci95.get(key)) if base else "—",
+                     _with_ci(value, tuned.ci95.get(key)), delta])  # fmt: skip
+    note = (f"On the test split ({fmt(tuned.n)} examples); 95% bootstrap intervals in "
             "brackets. Base: the base model zero-shot.")  # fmt: skip
     if quantized:
         note += " Measured by the run on the fp32 model, before int8 quantisation."
@@ -194,40 +193,47 @@ def _test_metrics(r: Mapping[str, Any], *, quantized: bool) -> str:
     return f"{head}\n\n{note}\n\n{table}"
 
 
-def _compare(r: Mapping[str, Any]) -> str:
+def _compare(r: Results, why: str) -> str:
     head = "## Fine-tuning vs few-shot prompting"
-    c = r.get("compare") or {}
-    if not c.get("rows"):
-        return f"{head}\n\n{_absent('the compare table', r)}"
-    primary = c.get("primary", "")
+    c = r.compare
+    if c is None or not c.rows:
+        return f"{head}\n\n{_absent('the compare table', why)}"
+    primary = c.primary
     rows = [
-        [row.get("name"), row.get("shots"),
-         _with_ci((row.get("metrics") or {}).get(primary), (row.get("ci95") or {}).get(primary)),
-         fmt(row.get("prompt_tokens")), fmt(row.get("ms_per_example")),
-         fmt(row.get("latency_ms"))]
-        for row in c["rows"]
+        [row.name, row.shots, _with_ci(row.metrics.get(primary), row.ci95.get(primary)),
+         fmt(row.prompt_tokens), fmt(row.ms_per_example), fmt(row.latency_ms)]
+        for row in c.rows
     ]  # fmt: skip
     table = _md_table(["setting", "shots", f"{primary} [95% CI]", "prompt tokens",
                        "ms/example (batched)", "latency ms (batch 1)"], rows)  # fmt: skip
-    text = f"{head}\n\nOn {fmt(c.get('n'))} test examples.\n\n{table}"
-    if c.get("conclusion"):
-        text += f"\n\n**Verdict:** {c['conclusion']}."
-    for skipped in c.get("skipped") or []:
+    text = f"{head}\n\nOn {fmt(c.n)} test examples.\n\n{table}"
+    if c.conclusion:
+        text += f"\n\n**Verdict:** {c.conclusion}."
+    for skipped in c.skipped:
         text += f"\n\n- skipped: {skipped}"
     return text
 
 
-def _calibration(r: Mapping[str, Any], saved: Mapping[str, Any] | None) -> str:
+def _calibration(report: Calibration | None, saved: Mapping[str, Any] | None, why: str) -> str:
+    """From the run's results; else from the model's own ``calibration.json`` (a bare model
+    folder), which keeps the temperature, its fit and the ``after`` scores only."""
     head = "## Calibration"
-    report = r.get("calibration") or saved
-    if not report:
-        return f"{head}\n\n{_absent('a calibration temperature', r)}"
-    keys = ["ece", "brier", "nll", "accuracy", "mean_confidence"]
-    rows = [[side, *(fmt_metric((report.get(side) or {}).get(k)) for k in keys)]
-            for side in ("before", "after") if report.get(side)]  # fmt: skip
-    text = (f"{head}\n\nTemperature **{fmt(report.get('temperature'))}**, fitted on "
-            f"{fmt(report.get('n_fit'))} {report.get('fit_split', 'val')} examples "
-            f"(min NLL); scores on the test split.")  # fmt: skip
+    temperature: float | None
+    n_fit: int | None
+    if report is not None:
+        temperature, n_fit, split = report.temperature, report.n_fit, report.fit_split
+        sides = [("before", report.before), ("after", report.after)]
+    elif saved:
+        temperature, n_fit = saved.get("temperature"), saved.get("n_fit")
+        split = saved.get("fit_split", "val")
+        after = saved.get("after")
+        sides = [("after", CalibrationSummary.model_validate(after))] if after else []
+    else:
+        return f"{head}\n\n{_absent('a calibration temperature', why)}"
+    rows = [[side, *map(fmt_metric, (v.ece, v.brier, v.nll, v.accuracy, v.mean_confidence))]
+            for side, v in sides]  # fmt: skip
+    text = (f"{head}\n\nTemperature **{fmt(temperature)}**, fitted on "
+            f"{fmt(n_fit)} {split} examples (min NLL); scores on the test split.")  # fmt: skip
     if rows:
         text += "\n\n" + _md_table(["", "ECE", "Brier", "NLL", "accuracy", "mean confidence"],
                                    rows)  # fmt: skip
@@ -236,79 +242,77 @@ def _calibration(r: Mapping[str, Any], saved: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _forgetting(r: Mapping[str, Any]) -> str:
+def _forgetting(r: Results, why: str) -> str:
     head = "## Forgetting (retention of general abilities)"
-    f = r.get("forgetting") or {}
-    if not f.get("probes"):
-        return f"{head}\n\n{_absent('the retention suite', r)}"
+    f = r.forgetting
+    if f is None or not f.probes:
+        return f"{head}\n\n{_absent('the retention suite', why)}"
     rows = [
-        [name, p.get("metric"), fmt_metric(p.get("base")), fmt_metric(p.get("tuned")),
-         _with_ci(p.get("delta"), p.get("ci95"), signed=True),
-         _with_ci(p.get("retention"), p.get("retention_ci95")),
-         "higher" if p.get("higher_is_better") else "lower"]
-        for name, p in f["probes"].items()
+        [name, p.metric, fmt_metric(p.base), fmt_metric(p.tuned),
+         _with_ci(p.delta, p.ci95, signed=True), _with_ci(p.retention, p.retention_ci95),
+         "higher" if p.higher_is_better else "lower"]
+        for name, p in f.probes.items()
     ]  # fmt: skip
     table = _md_table(["probe", "metric", "base", "fine-tuned", "Δ [95% CI]",
                        "retention [95% CI]", "better"], rows)  # fmt: skip
-    score = _with_ci(f.get("retention_score"), f.get("retention_ci95"))
+    score = _with_ci(f.retention_score, f.retention_ci95)
     text = (f"{head}\n\n**Retention score: {score}** (1.0 = kept everything; over "
-            f"{fmt(f.get('n_probes_in_score'))} probes).\n\n{table}")  # fmt: skip
-    for note in f.get("notes") or []:
+            f"{fmt(f.n_probes_in_score)} probes).\n\n{table}")  # fmt: skip
+    for note in f.notes:
         text += f"\n\n- {note}"
     return text
 
 
-def _data(r: Mapping[str, Any]) -> str:
+def _data(r: Results, why: str) -> str:
     head = "## Data"
-    d = r.get("data") or {}
-    if not d:
-        return f"{head}\n\n{_absent('the data card', r)}"
+    d = r.data
+    if d is None:
+        return f"{head}\n\n{_absent('the data card', why)}"
     dropped: dict[str, int] = {}
-    for task in (d.get("tasks") or {}).values():
-        for part in ("recipe_dropped", "dropped", "leakage_removed"):
-            for reason, n in (task.get(part) or {}).items():
+    for task in d.tasks.values():
+        for part in (task.recipe_dropped, task.dropped, task.leakage_removed):
+            for reason, n in part.items():
                 dropped[reason] = dropped.get(reason, 0) + int(n)
-    splits = d.get("splits") or {}
-    pii = d.get("pii") or {}
-    found = ", ".join(f"{k} {v}" for k, v in (pii.get("found") or {}).items()) or "none"
+    pii = d.pii
+    found = ", ".join(f"{k} {v}" for k, v in pii.found.items()) if pii else ""
     items = {
-        "source": d.get("format_note"),
-        "rows": f"{fmt(d.get('rows_in'))} read, {fmt(d.get('rows_kept'))} kept",
-        "splits": ", ".join(f"{k} {fmt(v)}" for k, v in splits.items()),
-        "split method": d.get("split_method"),
+        "source": d.format_note,
+        "rows": f"{fmt(d.rows_in)} read, {fmt(d.rows_kept)} kept",
+        "splits": ", ".join(f"{k} {fmt(v)}" for k, v in d.splits.items()),
+        "split method": d.split_method,
         "dropped": "; ".join(f"{k}: {fmt(v)}" for k, v in dropped.items()) or "nothing",
-        "PII": f"policy {pii.get('policy')}, found {found}" if pii else None,
+        "PII": f"policy {pii.policy}, found {found or 'none'}" if pii else None,
         "label balance": "; ".join(
             f"{split}: " + ", ".join(f"{k} {fmt(v)}" for k, v in counts.items())
-            for split, counts in (d.get("label_balance") or {}).items()
+            for split, counts in (d.label_balance or {}).items()
         ),
-        "data hash": f"`{d['hash']}`" if d.get("hash") else None,
+        "data hash": f"`{d.hash}`" if d.hash else None,
     }
     text = f"{head}\n\n{_bullets(items)}"
-    for warning in d.get("warnings") or []:
+    for warning in d.warnings:
         text += f"\n- warning: {warning}"
     return text
 
 
-def _training(info: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+def _training(info: Mapping[str, Any], r: Results, why: str) -> str:
     head = "## Training"
-    t = r.get("training") or {}
-    if not t:
-        return f"{head}\n\n{_absent('training facts', r)}"
-    env = r.get("environment") or {}
-    mitigations = (r.get("mitigations") or {}).get("used")
-    trainable, total = r.get("trainable_params"), r.get("total_params")
+    t = r.training
+    if t is None:
+        return f"{head}\n\n{_absent('training facts', why)}"
+    env = r.environment.to_json() if r.environment else {}
+    mitigations = r.mitigations.used if r.mitigations else None
+    trainable, total = r.trainable_params, r.total_params
     items = {
         "method": f"{info['kind']}, head {info['head']}",
         "trainable parameters": f"{fmt(trainable)} of {fmt(total)}" if trainable else None,
-        "steps": f"{fmt(t.get('steps'))} ({t.get('stopped')}); kept step "
-        f"{fmt(t.get('best_step'))}, val loss {fmt(t.get('best_val_loss'))}",
-        "tokens": f"{fmt(t.get('tokens'))} in {fmt_seconds(t.get('seconds'))} "
-        f"({fmt(t.get('tokens_per_second'))} tokens/s)",
+        "steps": f"{fmt(t.steps)} ({t.stopped}); kept step "
+        f"{fmt(t.best_step)}, val loss {fmt(t.best_val_loss)}",
+        "tokens": f"{fmt(t.tokens)} in {fmt_seconds(t.seconds)} "
+        f"({fmt(t.tokens_per_second)} tokens/s)",
         "forgetting mitigations": ", ".join(mitigations) if mitigations else "none",
-        "environment": ", ".join(f"{k} {v}" for k, v in env.items()) or None,
-        "whole run": fmt_seconds(r.get("wall_seconds")) if r.get("wall_seconds") else None,
-        "tunelab": r.get("tunelab_version"),
+        "environment": ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) or None,
+        "whole run": fmt_seconds(r.wall_seconds) if r.wall_seconds else None,
+        "tunelab": r.tunelab_version,
     }
     return f"{head}\n\n{_bullets(items)}"
 

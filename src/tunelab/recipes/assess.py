@@ -31,6 +31,7 @@ from tunelab.evaluation.compare import (
 from tunelab.evaluation.evaluate import EvalSettings, Predictions, predict
 from tunelab.evaluation.fewshot import select_shots
 from tunelab.models.task_model import TaskModel
+from tunelab.results import Calibration, CompareRow, CompareTable
 
 __all__ = [
     "base_rows",
@@ -65,7 +66,7 @@ def calibrate(
     *,
     labels: Sequence[str],
     label_ids: Sequence[Sequence[int]],
-) -> dict[str, Any]:
+) -> Calibration:
     """Fit a temperature on a seeded val sample; ECE, Brier and NLL before/after on test."""
     examples, items = val
     cap = cfg.calibration.max_examples
@@ -79,8 +80,7 @@ def calibrate(
         fit.scores, _targets([items[i] for i in idx]),
         test.scores, _targets(test_items), bins=cfg.calibration.bins,
     )  # fmt: skip
-    report["fit_split"] = "val"
-    return report
+    return Calibration.model_validate({**report, "fit_split": "val"})
 
 
 def _targets(items: Sequence[Encoded]) -> torch.Tensor:
@@ -105,7 +105,7 @@ def base_rows(
     label_ids: Sequence[Sequence[int]] | None,
     base_pred: Predictions | None = None,
     say: Callable[[str], None] = lambda _m: None,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[CompareRow], list[str]]:
     """The base model's rows: zero-shot, then k-shot for each ``compare.shots``; and why
     any k was skipped (a train split with fewer usable demonstrations than k).
 
@@ -159,7 +159,7 @@ def tuned_row(
     labels: Sequence[str] | None,
     label_ids: Sequence[Sequence[int]] | None,
     tuned_pred: Predictions | None = None,
-) -> dict[str, Any]:
+) -> CompareRow:
     """The fine-tuned model's row, on the same test sample as :func:`base_rows`."""
     idx = compare_sample(cfg, len(test))
     return _row(cfg, "fine-tuned", tuned, tokenizer, [test[i] for i in idx],
@@ -168,13 +168,14 @@ def tuned_row(
 
 
 def compare_table(
-    rows: list[dict[str, Any]], classification: bool, skipped: Sequence[str] = ()
-) -> dict[str, Any]:
-    """``results["compare"]``: the rows, the headline metric, the one-sentence verdict and
-    the few-shot rows that could not be built."""
-    primary = primary_metric(rows, classification)
-    return {"primary": primary, "n": rows[0]["n"] if rows else 0, "rows": rows,
-            "conclusion": conclusion(rows, primary), "skipped": list(skipped)}  # fmt: skip
+    rows: list[CompareRow], classification: bool, skipped: Sequence[str] = ()
+) -> CompareTable:
+    """The ``compare`` part of the results: the rows, the headline metric, the one-sentence
+    verdict and the few-shot rows that could not be built."""
+    plain = [r.to_json() for r in rows]  # what evaluation.compare reads
+    primary = primary_metric(plain, classification)
+    return CompareTable(primary=primary, n=rows[0].n if rows else 0, rows=rows,
+                        conclusion=conclusion(plain, primary), skipped=list(skipped))  # fmt: skip
 
 
 def _row(
@@ -192,15 +193,16 @@ def _row(
     shots: int,
     pred: Predictions | None = None,
     selection: str | None = None,
-) -> dict[str, Any]:
+) -> CompareRow:
     scoring: dict[str, Any] = {"labels": labels, "label_ids": label_ids}
     if pred is None:
         pred = predict(model, tokenizer, examples, items, s, **scoring)
     ms = measure_latency(
         model, tokenizer, examples, items, s, requests=cfg.compare.latency_requests, **scoring
     )
-    return compare_row(name, pred, examples, s, model=kind, shots=shots, selection=selection,
-                       latency_ms=ms, labels=labels)  # fmt: skip
+    row = compare_row(name, pred, examples, s, model=kind, shots=shots, selection=selection,
+                      latency_ms=ms, labels=labels)  # fmt: skip
+    return CompareRow.model_validate(row)
 
 
 def _text(example: Example) -> str:

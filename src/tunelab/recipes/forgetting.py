@@ -33,6 +33,7 @@ from tunelab.forgetting.probes import Probe, SuiteSettings, general_suite, user_
 from tunelab.forgetting.report import compare
 from tunelab.models.loading import model_fingerprint
 from tunelab.models.task_model import TaskModel
+from tunelab.results import Retention
 
 __all__ = [
     "base_measurement",
@@ -127,25 +128,24 @@ def tuned_report(
     probes: list[Probe],
     settings: SuiteSettings,
     base: Measurement,
-) -> dict[str, Any]:
+) -> Retention:
     """Measure ``model`` against the base measurement: per-probe deltas and retention."""
     tuned = measure(lm_view(model), tokenizer, probes, settings, base=base)
     report = compare(base, tuned, probes, n_boot=cfg.forgetting.bootstrap, seed=settings.seed)
     report["seconds"] = {"base": round(base.seconds, 1), "tuned": round(tuned.seconds, 1)}
     report["min_retention"] = cfg.forgetting.min_retention
-    return report
+    return Retention.model_validate(report)
 
 
-def check_retention(report: dict[str, Any], cfg: Config, where: Path) -> None:
+def check_retention(report: Retention, cfg: Config, where: Path) -> None:
     """Raise ForgettingError when the retention score is below ``forgetting.min_retention``."""
     floor = cfg.forgetting.min_retention
-    score = report["retention_score"]
-    if floor is not None and score < floor:
+    score = report.retention_score
+    if floor is not None and score is not None and score < floor:
         worst = sorted(
-            ((name, p["retention"]) for name, p in report["probes"].items()
-             if p.get("retention") is not None),
+            ((name, p.retention) for name, p in report.probes.items() if p.retention is not None),
             key=lambda item: item[1],
-        )[:3]  # fmt: skip
+        )[:3]
         names = ", ".join(f"{name} {value:.3f}" for name, value in worst)
         raise ForgettingError(
             f"retention score {score:.4f} is below forgetting.min_retention {floor} "

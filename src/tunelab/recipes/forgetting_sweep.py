@@ -15,7 +15,7 @@ from tunelab.models.loading import load_base
 from tunelab.models.saved import save_trained
 from tunelab.models.task_model import TaskModel
 from tunelab.recipes import forgetting
-from tunelab.recipes.run import model_info, setup, start_model
+from tunelab.recipes.setup import model_info, setup, start_model
 from tunelab.results import write_json
 from tunelab.training.checkpoint import load_weights, read_pointer
 
@@ -54,13 +54,13 @@ def wise_sweep(
             labels=env.prep.labels, label_ids=env.task.label_ids,
         )  # fmt: skip
         report = forgetting.tuned_report(cfg, model, env.tokenizer, probes, settings, base)
-        probe_retention = {k: p["retention"] for k, p in report["probes"].items()}
+        probe_retention = {k: p.retention for k, p in report.probes.items()}
         rows.append({"alpha": alpha, "metrics": result["metrics"],
-                     "retention_score": report["retention_score"],
-                     "retention_ci95": report["retention_ci95"],
+                     "retention_score": report.retention_score,
+                     "retention_ci95": list(report.retention_ci95),
                      "probes": probe_retention})  # fmt: skip
         name, value = task_metric(result["metrics"])
-        say(f"alpha {alpha}: {name} {value:.4f}, retention {report['retention_score']}")
+        say(f"alpha {alpha}: {name} {value:.4f}, retention {report.retention_score}")
     chosen = choose_alpha(rows, cfg.forgetting.sweep.min_retention)
     summary = {"best_checkpoint": best, "min_retention": cfg.forgetting.sweep.min_retention,
                "chosen_alpha": chosen["alpha"], "rows": rows}  # fmt: skip

@@ -5,7 +5,6 @@ report) when the run has one."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,21 @@ from tunelab.models.loading import load_base
 from tunelab.models.saved import is_trained_folder, load_trained, read_temperature, save_temperature
 from tunelab.models.task_model import TaskModel
 from tunelab.recipes import assess
-from tunelab.recipes.run import setup
+from tunelab.recipes.setup import setup
 from tunelab.report import build_report, reliability_diagram
-from tunelab.results import write_json
+from tunelab.results import (
+    Calibration,
+    CompareTable,
+    SplitEvaluation,
+    read_results,
+    write_json,
+    write_results,
+)
 
 __all__ = ["calibrate_stage", "compare_stage", "evaluate_stage"]
 
 
-def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test") -> dict[str, Any]:
+def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test") -> SplitEvaluation:
     """Metrics of the base model (``model_path`` None) or a saved model on a split."""
     tokenizer, model = None, None
     if model_path is not None:
@@ -39,14 +45,13 @@ def evaluate_stage(cfg: Config, model_path: Path | None, *, split: str = "test")
         labels=env.prep.labels, label_ids=env.task.label_ids,
         temperature=read_temperature(model_path),
     )  # fmt: skip
-    result["model"] = str(model_path) if model_path else cfg.model.base
-    result["split"] = split
-    return result
+    name = str(model_path) if model_path else cfg.model.base
+    return SplitEvaluation.model_validate({**result, "model": name, "split": split})
 
 
 def compare_stage(
     cfg: Config, model_path: Path | None, *, say: Callable[[str], None] = lambda _m: None
-) -> dict[str, Any]:
+) -> CompareTable:
     """The compare table alone: base zero-/k-shot and, when there is one, the fine-tuned
     model (``model_path``, default the run's ``model/``). Saved as ``<run>/compare.json``
     and merged into ``results.json`` (and the report) when the run has one."""
@@ -66,11 +71,11 @@ def compare_stage(
         rows.append(assess.tuned_row(cfg, tuned.to(env.device), env.tokenizer,
                                      prep.splits["test"], test, env.ev, **scoring))  # fmt: skip
     table = assess.compare_table(rows, prep.labels is not None, skipped)
-    _merge_results(cfg, "compare", table)
+    _merge_results(cfg, compare=table)
     return table
 
 
-def calibrate_stage(cfg: Config, model_path: Path | None) -> dict[str, Any]:
+def calibrate_stage(cfg: Config, model_path: Path | None) -> Calibration:
     """Fit the temperature of a fine-tuned model (``model_path``, default the run's
     ``model/``) on val, report ECE/Brier/NLL before and after on test, save the temperature
     with the model and draw ``<run>/reliability.png``."""
@@ -92,22 +97,29 @@ def calibrate_stage(cfg: Config, model_path: Path | None) -> dict[str, Any]:
         labels=prep.labels, label_ids=task.label_ids,
     )  # fmt: skip
     model_dir = folder / "model" if is_trained_folder(folder / "model") else folder
-    save_temperature(model_dir, report)
+    save_temperature(model_dir, report.to_json())
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "reliability.png").write_bytes(reliability_diagram(report))
-    _merge_results(cfg, "calibration", report)
+    _merge_results(cfg, calibration=report)
     return report
 
 
-def _merge_results(cfg: Config, key: str, value: dict[str, Any]) -> None:
-    """``<run>/<key>.json``; and ``results.json[key]`` plus the report when they exist."""
+def _merge_results(
+    cfg: Config, *, compare: CompareTable | None = None, calibration: Calibration | None = None
+) -> None:
+    """``<run>/compare.json`` or ``<run>/calibration.json``; and the part in ``results.json``,
+    plus the report, when the run has them (an older results.json is rewritten in this
+    version's layout)."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / f"{key}.json", value)
+    for name, part in (("compare.json", compare), ("calibration.json", calibration)):
+        if part is not None:
+            write_json(run_dir / name, part.to_json())
     path = run_dir / "results.json"
     if path.is_file():
-        results = json.loads(path.read_text())
-        results[key] = value
-        write_json(path, results)
+        results = read_results(path)
+        results.compare = compare or results.compare
+        results.calibration = calibration or results.calibration
+        write_results(path, results)
         if cfg.eval.report:
             build_report(run_dir)

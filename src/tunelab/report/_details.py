@@ -1,12 +1,14 @@
 """The smaller tables inside the report's sections: drops, labels, PII, per-class scores,
-confusion matrices, prediction samples. Pure: dicts in, escaped markup out."""
+confusion matrices, prediction samples. Pure: typed parts of the results (and the
+val_samples.jsonl lines) in, escaped markup out."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunelab.report._format import Safe, as_dict, esc, fmt, fmt_metric, is_number, pre, table
+from tunelab.report._format import Safe, esc, fmt, fmt_metric, pre, table
+from tunelab.results import ClassScores, ConfusionMatrix, DataCard, Sample, TaskCard
 
 __all__ = [
     "confusion_table",
@@ -23,25 +25,25 @@ __all__ = [
 SAMPLES_SHOWN = 5
 
 
-def is_correct(sample: Mapping[str, Any]) -> bool:
+def is_correct(sample: Sample) -> bool:
     """The sample's ``correct`` flag, or else prediction == reference (both stripped)."""
-    if isinstance(sample.get("correct"), bool):
-        return bool(sample["correct"])
-    return str(sample.get("prediction", "")).strip() == str(sample.get("reference", "")).strip()
+    if sample.correct is not None:
+        return sample.correct
+    return sample.prediction.strip() == sample.reference.strip()
 
 
-def samples_table(samples: Sequence[Mapping[str, Any]], caption: str) -> Safe:
+def samples_table(samples: Sequence[Sample], caption: str) -> Safe:
     """Prompt, prediction, reference (and confidence when scored) of each sample."""
     if not samples:
         return Safe(f'<p class="absent">no {esc(caption)} predictions among the samples</p>')
-    with_conf = any("confidence" in s for s in samples)
+    with_conf = any(s.confidence is not None for s in samples)
     headers = ["prompt", "prediction", "reference", *(["confidence"] if with_conf else [])]
     rows = [
         [
-            pre(s.get("prompt", "")),
-            pre(s.get("prediction", "")),
-            pre(s.get("reference", "")),
-            *([fmt_metric(s.get("confidence"))] if with_conf else []),
+            pre(s.prompt),
+            pre(s.prediction),
+            pre(s.reference),
+            *([fmt_metric(s.confidence)] if with_conf else []),
         ]
         for s in samples
     ]
@@ -69,17 +71,13 @@ def val_samples_table(samples: Sequence[Mapping[str, Any]]) -> Safe | str:
     )
 
 
-def dropped_table(tasks: Mapping[str, Any]) -> Safe | str:
+def dropped_table(tasks: Mapping[str, TaskCard]) -> Safe | str:
     """Rows dropped per task and reason, recipe filters included."""
-    rows = [
-        [name, why, fmt(n)]
-        for name, t in tasks.items()
-        for why, n in as_dict(t.get("dropped")).items()
-    ]
+    rows = [[name, why, fmt(n)] for name, t in tasks.items() for why, n in t.dropped.items()]
     rows += [
         [name, f"recipe: {why}", fmt(n)]
         for name, t in tasks.items()
-        for why, n in as_dict(t.get("recipe_dropped")).items()
+        for why, n in t.recipe_dropped.items()
     ]
     if not rows:
         return ""
@@ -91,15 +89,12 @@ def dropped_table(tasks: Mapping[str, Any]) -> Safe | str:
     )
 
 
-def label_balance_table(card: Mapping[str, Any]) -> Safe | str:
+def label_balance_table(card: DataCard) -> Safe | str:
     """Rows per label in each split."""
-    balance, labels = as_dict(card.get("label_balance")), card.get("labels") or []
+    balance, labels = card.label_balance or {}, card.labels or []
     if not balance or not labels:
         return ""
-    rows = [
-        [split, *(fmt(as_dict(counts).get(x, 0)) for x in labels)]
-        for split, counts in balance.items()
-    ]
+    rows = [[split, *(fmt(counts.get(x, 0)) for x in labels)] for split, counts in balance.items()]
     return table(
         ["split", *map(str, labels)],
         rows,
@@ -108,29 +103,24 @@ def label_balance_table(card: Mapping[str, Any]) -> Safe | str:
     )
 
 
-def pii_note(card: Mapping[str, Any]) -> Safe | str:
+def pii_note(card: DataCard) -> Safe | str:
     """What personal data was found and what the policy did with it."""
-    pii = as_dict(card.get("pii"))
-    if not pii:
+    pii = card.pii
+    if pii is None:
         return ""
-    found = ", ".join(f"{k}: {fmt(v)}" for k, v in sorted(as_dict(pii.get("found")).items()))
-    text = f"Personal data (policy {pii.get('policy', '?')}): {found or 'none found'}."
-    if pii.get("note"):
-        text += f" {pii['note']}"
+    found = ", ".join(f"{k}: {fmt(v)}" for k, v in sorted(pii.found.items()))
+    text = f"Personal data (policy {pii.policy}): {found or 'none found'}."
+    if pii.note:
+        text += f" {pii.note}"
     return Safe(f"<p>{esc(text)}</p>")
 
 
-def per_class_table(metrics: Mapping[str, Any]) -> Safe | str:
+def per_class_table(per_class: Mapping[str, ClassScores] | None) -> Safe | str:
     """Precision, recall, F1 and support of each class."""
-    per_class = as_dict(metrics.get("per_class"))
     if not per_class:
         return ""
     rows = [
-        [
-            label,
-            *(fmt_metric(as_dict(s).get(k)) for k in ("precision", "recall", "f1")),
-            fmt(as_dict(s).get("support")),
-        ]
+        [label, fmt_metric(s.precision), fmt_metric(s.recall), fmt_metric(s.f1), fmt(s.support)]
         for label, s in per_class.items()
     ]
     return table(
@@ -141,25 +131,25 @@ def per_class_table(metrics: Mapping[str, Any]) -> Safe | str:
     )
 
 
-def confusion_table(metrics: Mapping[str, Any], who: str) -> Safe | str:
+def confusion_table(cm: ConfusionMatrix | None, who: str) -> Safe | str:
     """The confusion matrix, true labels as rows and predicted labels as columns."""
-    cm = as_dict(metrics.get("confusion_matrix"))
-    labels, matrix = cm.get("labels") or [], cm.get("matrix") or []
-    if not labels or len(matrix) != len(labels):
+    if cm is None or not cm.labels or len(cm.matrix) != len(cm.labels):
         return ""
-    rows = [[f"true {x}", *map(fmt, counts)] for x, counts in zip(labels, matrix, strict=True)]
+    rows = [
+        [f"true {x}", *map(fmt, counts)] for x, counts in zip(cm.labels, cm.matrix, strict=True)
+    ]
     return table(
-        ["", *(f"predicted {x}" for x in labels)],
+        ["", *(f"predicted {x}" for x in cm.labels)],
         rows,
-        numeric=range(1, len(labels) + 1),
+        numeric=range(1, len(cm.labels) + 1),
         caption=f"{who}, confusion matrix",
     )
 
 
-def params_text(trainable: Any, total: Any) -> str | None:
+def params_text(trainable: int | None, total: int | None) -> str | None:
     """``"1,953,792 of 136,468,800 (1.43%)"``."""
-    if not is_number(trainable):
+    if trainable is None:
         return None
-    if is_number(total) and total:
+    if total:
         return f"{fmt(trainable)} of {fmt(total)} ({100 * trainable / total:.2f}%)"
     return fmt(trainable)

@@ -17,6 +17,7 @@ from tunelab import __version__
 from tunelab.errors import TunelabError
 from tunelab.report import sections as s
 from tunelab.report._format import esc
+from tunelab.results import Results, read_results
 
 __all__ = ["RunFiles", "build_report", "read_run", "render_report"]
 
@@ -68,7 +69,7 @@ footer { margin-top: 48px; color: var(--muted); font-size: 0.85em; }
 class RunFiles:
     """What a run folder holds for the report; everything but ``results`` may be empty."""
 
-    results: dict[str, Any]
+    results: Results
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
     config_text: str | None = None  # config.resolved.yaml
     val_samples: list[dict[str, Any]] = field(default_factory=list)  # val_samples.jsonl
@@ -91,24 +92,15 @@ def build_report(run_dir: Path) -> Path:
 
 
 def read_run(run_dir: Path) -> RunFiles:
-    """Load the report's inputs from a run folder; raise TunelabError without results.json."""
+    """Load the report's inputs from a run folder; raise TunelabError without results.json
+    (or with one that is not a results file of this or an older tunelab)."""
     path = run_dir / "results.json"
     if not path.is_file():
         raise TunelabError(
             f"no results.json in {run_dir}",
             hint="run `tunelab run CONFIG` first, or pass the run folder (runs/<name>)",
         )
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TunelabError(
-            f"{path} is not valid JSON: {exc}", hint="rerun `tunelab run CONFIG` to rewrite it"
-        ) from exc
-    if not isinstance(results, dict):
-        raise TunelabError(
-            f"{path} holds a {type(results).__name__}, not an object",
-            hint="rerun `tunelab run CONFIG` to rewrite it",
-        )
+    results = read_results(path)
     config = run_dir / "config.resolved.yaml"
     written = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
     return RunFiles(
@@ -123,17 +115,17 @@ def read_run(run_dir: Path) -> RunFiles:
 def render_report(run: RunFiles) -> str:
     """The whole page as one string (pure: no file access)."""
     r = run.results
-    name = str(r.get("run") or "unnamed run")
+    name = r.run or "unnamed run"
     body = [
         s.header_section(r, run.written),
         s.config_section(run.config_text),
-        s.data_section(r.get("data")),
-        s.training_section(r.get("training"), run.records, run.val_samples),
-        s.metrics_section(r.get("base"), r.get("tuned")),
-        s.compare_section(r.get("compare")),
-        s.forgetting_section(r.get("forgetting")),
-        s.calibration_section(r.get("calibration")),
-        s.predictions_section(r.get("tuned")),
+        s.data_section(r.data),
+        s.training_section(r.training, run.records, run.val_samples),
+        s.metrics_section(r.base, r.tuned),
+        s.compare_section(r.compare),
+        s.forgetting_section(r.forgetting),
+        s.calibration_section(r.calibration),
+        s.predictions_section(r.tuned),
     ]
     nav = " ".join(f'<a href="#{anchor}">{esc(title)}</a>' for anchor, title in s.SECTIONS)
     subtitle = _subtitle(r)
@@ -164,11 +156,10 @@ def render_report(run: RunFiles) -> str:
     )
 
 
-def _subtitle(results: dict[str, Any]) -> str:
-    model, method = results.get("model"), results.get("method")
+def _subtitle(results: Results) -> str:
     parts = [
-        str(model.get("base", "")) if isinstance(model, dict) else "",
-        str(method.get("kind", "")) if isinstance(method, dict) else "",
+        results.model.base if results.model else "",
+        results.method.kind if results.method else "",
     ]
     return " · ".join(p for p in parts if p)
 

@@ -1,9 +1,9 @@
 """The report's figures, as PNG bytes: loss curves, reliability diagram, compare chart.
 
-Each function takes plain values (metrics.jsonl records, the calibration or compare dict of
-results.json) and returns a PNG. Figures are built on matplotlib's Agg canvas directly,
-without pyplot, so no global figure registry is touched and nothing is left open (no
-leaks, safe in threads and servers, no display needed).
+Each function takes plain values (metrics.jsonl records) or a typed part of the results
+(the calibration, the compare table) and returns a PNG. Figures are built on matplotlib's
+Agg canvas directly, without pyplot, so no global figure registry is touched and nothing
+is left open (no leaks, safe in threads and servers, no display needed).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, TypeGuard
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from tunelab.results import Calibration, CompareTable, Interval
 
 __all__ = ["compare_chart", "generation_metric_keys", "loss_curves", "reliability_diagram"]
 
@@ -86,26 +88,28 @@ def generation_metric_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def reliability_diagram(calibration: Mapping[str, Any]) -> bytes:
+def reliability_diagram(calibration: Calibration) -> bytes:
     """Accuracy per confidence bin before and after temperature scaling, against the diagonal.
 
     A perfectly calibrated model has every bar on the diagonal (accuracy = confidence in
     each bin); ECE is the count-weighted mean gap (Guo et al. 2017, "On Calibration of
-    Modern Neural Networks"). ``calibration`` is results.json's ``calibration`` entry.
+    Modern Neural Networks"). Without reliability bins the panels show the diagonal only.
     """
-    reliability = calibration.get("reliability") or {}
-    temperature = calibration.get("temperature")
+    reliability = calibration.reliability
+    temperature = calibration.temperature
     fig = Figure(figsize=(8, 3.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    stages = (("before", BEFORE_COLOR), ("after", AFTER_COLOR))
-    for ax, (stage, color) in zip(axes, stages, strict=True):
-        bins = [b for b in reliability.get(stage) or [] if _is_number(b.get("accuracy"))]
-        ece = (calibration.get(stage) or {}).get("ece")
-        label = f"accuracy (ECE {ece:.3f})" if _is_number(ece) else "accuracy"
+    stages = (
+        ("before", BEFORE_COLOR, reliability.before if reliability else [], calibration.before),
+        ("after", AFTER_COLOR, reliability.after if reliability else [], calibration.after),
+    )
+    for ax, (stage, color, all_bins, summary) in zip(axes, stages, strict=True):
+        bins = [(b.lo, b.hi, b.accuracy) for b in all_bins if _is_number(b.accuracy)]
+        label = f"accuracy (ECE {summary.ece:.3f})" if _is_number(summary.ece) else "accuracy"
         ax.bar(
-            [b["lo"] for b in bins],
-            [b["accuracy"] for b in bins],
-            width=[b["hi"] - b["lo"] for b in bins],
+            [lo for lo, _, _ in bins],
+            [acc for _, _, acc in bins],
+            width=[hi - lo for lo, hi, _ in bins],
             align="edge",
             color=color,
             edgecolor="black",
@@ -126,21 +130,21 @@ def reliability_diagram(calibration: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def compare_chart(compare: Mapping[str, Any]) -> bytes:
+def compare_chart(compare: CompareTable) -> bytes:
     """The primary metric of each compare row as a horizontal bar, with its 95% interval."""
-    primary = str(compare.get("primary") or "accuracy")
-    rows = [r for r in compare.get("rows") or [] if _is_number(_metrics(r).get(primary))]
-    names = [str(r.get("name", "?")) for r in rows]
-    values = [float(r["metrics"][primary]) for r in rows]
+    primary = compare.primary or "accuracy"
+    rows = [r for r in compare.rows if _is_number(r.metrics.get(primary))]
+    names = [r.name for r in rows]
+    values = [r.metrics[primary] for r in rows]
     low, high = [], []
     for row, value in zip(rows, values, strict=True):
-        lo, hi = _interval((row.get("ci95") or {}).get(primary), value)
+        lo, hi = _interval(row.ci95.get(primary), value)
         low.append(max(0.0, value - lo))
         high.append(max(0.0, hi - value))
     fig = Figure(figsize=(8, 0.6 * max(len(rows), 1) + 1.4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     positions = list(range(len(rows)))
-    colors = [AFTER_COLOR if r.get("model") == "tuned" else BEFORE_COLOR for r in rows]
+    colors = [AFTER_COLOR if r.model == "tuned" else BEFORE_COLOR for r in rows]
     ax.barh(
         positions,
         values,
@@ -160,16 +164,12 @@ def compare_chart(compare: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _interval(ci: Any, value: float) -> tuple[float, float]:
-    """``ci`` as ``(lo, hi)``, or ``(value, value)`` (no error bar) when it is not a pair."""
-    if isinstance(ci, Sequence) and len(ci) == 2 and all(_is_number(x) for x in ci):
-        return float(ci[0]), float(ci[1])
+def _interval(ci: Interval | None, value: float) -> tuple[float, float]:
+    """``ci`` as ``(lo, hi)``, or ``(value, value)`` (no error bar) when it is undefined."""
+    lo, hi = ci if ci is not None else (None, None)
+    if _is_number(lo) and _is_number(hi):
+        return float(lo), float(hi)
     return value, value
-
-
-def _metrics(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    metrics = row.get("metrics")
-    return metrics if isinstance(metrics, Mapping) else {}
 
 
 def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

@@ -1,7 +1,7 @@
-"""The report's sections: each a pure function from parts of results.json to HTML markup.
+"""The report's sections: each a pure function from typed parts of the results to HTML.
 
 Every section renders whatever of its data is present and says "not measured in this run"
-for what is not; none of them raises on a missing key, so a results.json from an older or
+for what is not (a part or field that is None), so a results.json from an older or
 partial run (``eval.base: false``, no forgetting suite, no calibration) still renders.
 """
 
@@ -44,6 +44,15 @@ from tunelab.report._format import (
     table,
     unit,
 )
+from tunelab.results import (
+    Calibration,
+    CompareTable,
+    DataCard,
+    Evaluation,
+    Results,
+    Retention,
+    Training,
+)
 
 __all__ = [
     "SECTIONS",
@@ -73,29 +82,29 @@ SECTIONS = [
 _TITLE = dict(SECTIONS)
 
 
-def header_section(results: Mapping[str, Any], written: str | None) -> Safe:
+def header_section(results: Results, written: str | None) -> Safe:
     """Who and what: run, model, method, version, when, wall time, peak memory, environment."""
-    model, method = as_dict(results.get("model")), as_dict(results.get("method"))
-    env = as_dict(results.get("environment"))
-    kind = " / ".join(str(method[k]) for k in ("kind", "head") if method.get(k))
-    params = params_text(results.get("trainable_params"), results.get("total_params"))
-    machine = ", ".join(
-        f"{k} {env[k]}" for k in ("device", "precision", "torch", "python", "threads") if k in env
-    )
+    model, method, env = results.model, results.method, results.environment
+    kind = " / ".join(x for x in (method.kind, method.head) if x) if method else ""
+    machine = ""
+    if env is not None:
+        parts = {"device": env.device, "precision": env.precision, "torch": env.torch,
+                 "python": env.python, "threads": env.threads}  # fmt: skip
+        machine = ", ".join(f"{k} {v}" for k, v in parts.items() if v is not None)
     return section(
         "run",
         _TITLE["run"],
         facts(
             {
-                "run": results.get("run"),
-                "base model": model.get("base"),
-                "model source": model.get("source"),
+                "run": results.run,
+                "base model": model.base if model else None,
+                "model source": model.source if model else None,
                 "method (kind / head)": kind or None,
-                "trainable parameters": params,
-                "tunelab version": results.get("tunelab_version"),
+                "trainable parameters": params_text(results.trainable_params, results.total_params),
+                "tunelab version": results.tunelab_version,
                 "results written": written,
-                "wall time": opt(results.get("wall_seconds"), fmt_seconds),
-                "peak memory (RSS)": unit(results.get("peak_rss_mb"), "MiB"),
+                "wall time": opt(results.wall_seconds, fmt_seconds),
+                "peak memory (RSS)": unit(results.peak_rss_mb, "MiB"),
                 "environment": machine or None,
             }
         ),
@@ -134,34 +143,33 @@ def config_section(config_text: str | None) -> Safe:
     return section("config", _TITLE["config"], key, full)
 
 
-def data_section(card: Mapping[str, Any] | None) -> Safe:
+def data_section(card: DataCard | None) -> Safe:
     """The data card: where rows went (kept, dropped and why), split sizes, labels, PII."""
-    if not card:
+    if card is None:
         return section("data", _TITLE["data"], absent("no data card in results.json"))
-    split = card.get("split_method")
-    lines = [card.get("format_note"), f"Split: {split}" if split else None]
+    split = card.split_method
+    lines = [card.format_note, f"Split: {split}" if split else None]
     note = Safe("".join(f"<p>{esc(x)}</p>" for x in lines if x))
     overview = facts(
         {
-            "rows in": opt(card.get("rows_in")),
-            "rows kept": opt(card.get("rows_kept")),
-            "splits": ", ".join(f"{k} {fmt(v)}" for k, v in as_dict(card.get("splits")).items())
-            or None,
-            "data hash": card.get("hash"),
+            "rows in": opt(card.rows_in),
+            "rows kept": opt(card.rows_kept),
+            "splits": ", ".join(f"{k} {fmt(v)}" for k, v in card.splits.items()) or None,
+            "data hash": card.hash,
         }
     )
-    tasks = as_dict(card.get("tasks"))
+    tasks = card.tasks
     per_task = (
         table(
             ["task", "format", "in", "kept", "dropped", "train", "val", "test"],
             [
                 [
                     name,
-                    t.get("format", ""),
-                    fmt(t.get("rows_in")),
-                    fmt(t.get("kept")),
-                    fmt(sum(as_dict(t.get("dropped")).values())),
-                    *(fmt(as_dict(t.get("splits")).get(s)) for s in ("train", "val", "test")),
+                    t.format or "",
+                    fmt(t.rows_in),
+                    fmt(t.kept),
+                    fmt(sum(t.dropped.values())),
+                    *(fmt(t.splits.get(s)) for s in ("train", "val", "test")),
                 ]
                 for name, t in tasks.items()
             ],
@@ -180,51 +188,51 @@ def data_section(card: Mapping[str, Any] | None) -> Safe:
         dropped_table(tasks),
         label_balance_table(card),
         pii_note(card),
-        bullets(card.get("warnings")),
+        bullets(card.warnings),
     )
 
 
 def training_section(
-    training: Mapping[str, Any] | None,
+    training: Training | None,
     records: Sequence[Mapping[str, Any]],
     val_samples: Sequence[Mapping[str, Any]],
 ) -> Safe:
     """The loss curves with the kept (best) step, the numbers of the run, and, when the loop
     logged them, the latest validation generations."""
-    training = training or {}
-    if not training and not records:
+    if training is None and not records:
         return section("training", _TITLE["training"], absent("no training in results.json"))
-    best = training.get("best_step")
+    best = training.best_step if training else None
     plotted = any(is_number(r.get("loss")) or is_number(r.get("val_loss")) for r in records)
     curves = (
-        image(
-            plots.loss_curves(records, best if isinstance(best, int) else None),
-            "training and validation loss by step",
-        )
+        image(plots.loss_curves(records, best), "training and validation loss by step")
         if plotted
         else absent("no loss curve: metrics.jsonl is missing or empty")
     )
-    numbers = facts(
-        {
-            "steps": opt(training.get("steps")),
-            "stopped": training.get("stopped"),
-            "best step (kept checkpoint)": opt(best),
-            "best val loss": opt(training.get("best_val_loss"), fmt_metric),
-            "tokens": opt(training.get("tokens")),
-            "time": opt(training.get("seconds"), fmt_seconds),
-            "tokens / s": opt(training.get("tokens_per_second")),
-        }
-    )
+    numbers = facts({})
+    if training is not None:
+        numbers = facts(
+            {
+                "steps": opt(training.steps),
+                "stopped": training.stopped,
+                "best step (kept checkpoint)": opt(best),
+                "best val loss": opt(training.best_val_loss, fmt_metric),
+                "tokens": opt(training.tokens),
+                "time": opt(training.seconds, fmt_seconds),
+                "tokens / s": opt(training.tokens_per_second),
+            }
+        )
     return section("training", _TITLE["training"], numbers, curves, val_samples_table(val_samples))
 
 
-def metrics_section(base: Mapping[str, Any] | None, tuned: Mapping[str, Any] | None) -> Safe:
+def metrics_section(base: Evaluation | None, tuned: Evaluation | None) -> Safe:
     """Each scalar metric of the base and the fine-tuned model on the test split, with 95%
     intervals when measured and the difference; then per-class scores and confusion matrices."""
-    base, tuned = as_dict(base), as_dict(tuned)
-    if not base and not tuned:
+    if base is None and tuned is None:
         return section("metrics", _TITLE["metrics"], absent("no evaluation in results.json"))
-    bm, tm = as_dict(base.get("metrics")), as_dict(tuned.get("metrics"))
+    bm = base.metrics if base else {}
+    tm = tuned.metrics if tuned else {}
+    bci = base.ci95 if base else {}
+    tci = tuned.ci95 if tuned else {}
     names = [k for k in {**tm, **bm} if is_number(tm.get(k)) or is_number(bm.get(k))]
     rows = []
     for name in names:
@@ -234,17 +242,17 @@ def metrics_section(base: Mapping[str, Any] | None, tuned: Mapping[str, Any] | N
             [
                 name,
                 fmt_metric(b),
-                ci_text(as_dict(base.get("ci95")).get(name)),
+                ci_text(bci.get(name)),
                 fmt_metric(t),
-                ci_text(as_dict(tuned.get("ci95")).get(name)),
+                ci_text(tci.get(name)),
                 fmt_metric(delta, signed=True),
             ]
         )
     sizes = facts(
         {
-            "test examples": fmt(tuned.get("n", base.get("n"))),
+            "test examples": fmt(tuned.n if tuned else base.n if base else None),
             "evaluation time (base / fine-tuned)": " / ".join(
-                fmt_seconds(x.get("seconds")) for x in (base, tuned)
+                fmt_seconds(x.seconds if x else None) for x in (base, tuned)
             ),
         }
     )
@@ -260,35 +268,31 @@ def metrics_section(base: Mapping[str, Any] | None, tuned: Mapping[str, Any] | N
         sizes,
         main,
         note,
-        per_class_table(tm),
-        confusion_table(bm, "base"),
-        confusion_table(tm, "fine-tuned"),
+        per_class_table(tuned.per_class if tuned else None),
+        confusion_table(base.confusion_matrix if base else None, "base"),
+        confusion_table(tuned.confusion_matrix if tuned else None, "fine-tuned"),
     )
 
 
-def compare_section(compare: Mapping[str, Any] | None) -> Safe:
+def compare_section(compare: CompareTable | None) -> Safe:
     """Base zero-shot vs base k-shot vs fine-tuned on the same test set, with prompt cost."""
-    rows = as_dict(compare).get("rows") or []
-    if not compare or not rows:
+    if compare is None or not compare.rows:
         return section("compare", _TITLE["compare"], absent("run `tunelab compare`"))
-    primary = str(compare.get("primary") or "accuracy")
-    seen = {k: 0 for r in rows for k in as_dict(r.get("metrics"))}
-    others = [
-        k
-        for k in seen
-        if k != primary and any(is_number(as_dict(r.get("metrics")).get(k)) for r in rows)
-    ]
+    rows = compare.rows
+    primary = compare.primary or "accuracy"
+    seen = {k: 0 for r in rows for k in r.metrics}
+    others = [k for k in seen if k != primary and any(is_number(r.metrics.get(k)) for r in rows)]
     body = [
         [
-            r.get("name", ""),
-            fmt(r.get("shots")),
-            r.get("selection") or "—",
-            fmt(r.get("n")),
-            fmt_metric(as_dict(r.get("metrics")).get(primary)),
-            ci_text(as_dict(r.get("ci95")).get(primary)),
-            *(fmt_metric(as_dict(r.get("metrics")).get(k)) for k in others),
-            fmt(r.get("prompt_tokens")),
-            fmt(r.get("latency_ms")),
+            r.name,
+            fmt(r.shots),
+            r.selection or "—",
+            fmt(r.n),
+            fmt_metric(r.metrics.get(primary)),
+            ci_text(r.ci95.get(primary)),
+            *(fmt_metric(r.metrics.get(k)) for k in others),
+            fmt(r.prompt_tokens),
+            fmt(r.latency_ms),
         ]
         for r in rows
     ]
@@ -303,46 +307,46 @@ def compare_section(compare: Mapping[str, Any] | None) -> Safe:
         "mean prompt tokens",
         "mean latency (ms)",
     ]
-    conclusion = compare.get("conclusion")
+    conclusion = compare.conclusion
     return section(
         "compare",
         _TITLE["compare"],
         Safe(f'<p class="conclusion">{esc(conclusion)}</p>') if conclusion else "",
         table(headers, body, numeric=[1, 3, *range(4, len(headers))]),
-        bullets([f"skipped {note}" for note in compare.get("skipped") or []]),
+        bullets([f"skipped {note}" for note in compare.skipped]),
         image(plots.compare_chart(compare), f"{primary} per setting with 95% intervals"),
     )
 
 
-def forgetting_section(forgetting: Mapping[str, Any] | None) -> Safe:
+def forgetting_section(forgetting: Retention | None) -> Safe:
     """Retention of general abilities: per probe base vs fine-tuned, and the overall score."""
-    if not forgetting:
+    if forgetting is None:
         return section("forgetting", _TITLE["forgetting"], absent())
-    score = forgetting.get("retention_score")
     summary = facts(
         {
             "retention score (95% CI)": join(
-                opt(score, fmt_metric), ci_text(forgetting.get("retention_ci95")), sep=" "
+                opt(forgetting.retention_score, fmt_metric),
+                ci_text(forgetting.retention_ci95),
+                sep=" ",
             ),
-            "probes in the score": opt(forgetting.get("n_probes_in_score")),
-            "minimum retention": opt(forgetting.get("min_retention")),
+            "probes in the score": opt(forgetting.n_probes_in_score),
+            "minimum retention": opt(forgetting.min_retention),
         }
     )
-    probes = as_dict(forgetting.get("probes"))
     rows = [
         [
             name,
-            p.get("description", ""),
-            p.get("metric", ""),
-            {True: "↑", False: "↓"}.get(p.get("higher_is_better"), ""),
-            fmt_metric(p.get("base")),
-            fmt_metric(p.get("tuned")),
-            fmt_metric(p.get("delta"), signed=True),
-            ci_text(p.get("ci95")),
-            fmt(p.get("significant")),
-            join(fmt_metric(p.get("retention")), ci_text(p.get("retention_ci95")), sep=" "),
+            p.description,
+            p.metric,
+            "↑" if p.higher_is_better else "↓",
+            fmt_metric(p.base),
+            fmt_metric(p.tuned),
+            fmt_metric(p.delta, signed=True),
+            ci_text(p.ci95),
+            fmt(p.significant),
+            join(fmt_metric(p.retention), ci_text(p.retention_ci95), sep=" "),
         ]
-        for name, p in probes.items()
+        for name, p in forgetting.probes.items()
     ]
     headers = [
         "probe",
@@ -356,52 +360,48 @@ def forgetting_section(forgetting: Mapping[str, Any] | None) -> Safe:
         "significant",
         "retention [95% CI]",
     ]
-    notes = bullets(forgetting.get("notes"))
     return section(
         "forgetting",
         _TITLE["forgetting"],
         summary,
         table(headers, rows, numeric=range(4, 10), wide=[1]) if rows else "",
-        notes,
+        bullets(forgetting.notes),
     )
 
 
-def calibration_section(calibration: Mapping[str, Any] | None) -> Safe:
+def calibration_section(calibration: Calibration | None) -> Safe:
     """Temperature scaling fitted on val: ECE, Brier and NLL before and after, and the
     reliability diagram."""
-    if not calibration:
+    if calibration is None:
         return section("calibration", _TITLE["calibration"], absent("run `tunelab calibrate`"))
-    before, after = as_dict(calibration.get("before")), as_dict(calibration.get("after"))
     summary = facts(
         {
-            "temperature": opt(calibration.get("temperature")),
-            "bins": opt(calibration.get("bins")),
-            "fitted on (val examples)": opt(calibration.get("n_fit")),
-            "measured on (test examples)": opt(calibration.get("n_test")),
+            "temperature": opt(calibration.temperature),
+            "bins": opt(calibration.bins),
+            "fitted on (val examples)": opt(calibration.n_fit),
+            "measured on (test examples)": opt(calibration.n_test),
         }
     )
+    b, a = calibration.before, calibration.after
     measures = [
-        ("ece", "ECE (expected calibration error)"),
-        ("brier", "Brier score"),
-        ("nll", "NLL"),
-        ("accuracy", "accuracy"),
-        ("mean_confidence", "mean confidence"),
+        ("ECE (expected calibration error)", b.ece, a.ece),
+        ("Brier score", b.brier, a.brier),
+        ("NLL", b.nll, a.nll),
+        ("accuracy", b.accuracy, a.accuracy),
+        ("mean confidence", b.mean_confidence, a.mean_confidence),
     ]
     rows = [
         [
             label,
-            fmt_metric(before.get(k)),
-            fmt_metric(after.get(k)),
-            fmt_metric(after[k] - before[k], signed=True)
-            if is_number(before.get(k)) and is_number(after.get(k))
-            else "—",
+            fmt_metric(x),
+            fmt_metric(y),
+            fmt_metric(y - x, signed=True) if is_number(x) and is_number(y) else "—",
         ]
-        for k, label in measures
-        if k in before or k in after
+        for label, x, y in measures
     ]
     diagram = (
         image(plots.reliability_diagram(calibration), "reliability diagram before and after")
-        if calibration.get("reliability")
+        if calibration.reliability
         else absent("no reliability bins")
     )
     return section(
@@ -413,9 +413,9 @@ def calibration_section(calibration: Mapping[str, Any] | None) -> Safe:
     )
 
 
-def predictions_section(tuned: Mapping[str, Any] | None) -> Safe:
+def predictions_section(tuned: Evaluation | None) -> Safe:
     """A few correct and a few wrong predictions of the fine-tuned model."""
-    samples = [s for s in as_dict(tuned).get("samples") or [] if isinstance(s, Mapping)]
+    samples = tuned.samples if tuned else []
     if not samples:
         return section("predictions", _TITLE["predictions"], absent("no samples"))
     right = [s for s in samples if is_correct(s)]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ConfigError
+from tunelab.results import Results
 
 __all__ = ["MlflowSink", "final_scalars", "flatten", "open_mlflow"]
 
@@ -29,7 +30,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
             yield name, value
 
 
-def final_scalars(results: dict[str, Any]) -> dict[str, float]:
+def final_scalars(results: Results) -> dict[str, float]:
     """Every number of ``results.json`` worth a chart, under slash-separated names:
     ``test/base/accuracy``, ``compare/base 4-shot/accuracy``, ``calibration/after/ece``,
     ``forgetting/retention_score``, ``training/tokens_per_second``..."""
@@ -40,23 +41,22 @@ def final_scalars(results: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[f"{prefix}/{key.replace('.', '/')}"] = float(value)
 
-    for side in ("base", "tuned"):
-        if side in results:
-            put(f"test/{side}", {k: v for k, v in results[side]["metrics"].items()
-                                 if not isinstance(v, dict)})  # fmt: skip
-    for row in results.get("compare", {}).get("rows", []):
-        put(f"compare/{row['name']}", {**row["metrics"], "prompt_tokens": row["prompt_tokens"]})
-    cal = results.get("calibration")
-    if cal:
-        put("calibration", {"temperature": cal["temperature"], "before": cal["before"],
-                            "after": cal["after"]})  # fmt: skip
-    forgetting = results.get("forgetting")
-    if forgetting:
-        put("forgetting", {"retention_score": forgetting.get("retention_score")})
-        for name, probe in forgetting.get("probes", {}).items():
-            put(f"forgetting/{name}", {k: probe.get(k) for k in ("base", "tuned", "retention")})
-    if "training" in results:
-        put("training", results["training"])
+    for side, part in (("base", results.base), ("tuned", results.tuned)):
+        if part is not None:
+            put(f"test/{side}", dict(part.metrics))
+    for row in results.compare.rows if results.compare else []:
+        put(f"compare/{row.name}", {**row.metrics, "prompt_tokens": row.prompt_tokens})
+    cal = results.calibration
+    if cal is not None:
+        put("calibration", {"temperature": cal.temperature, "before": cal.before.to_json(),
+                            "after": cal.after.to_json()})  # fmt: skip
+    forgetting = results.forgetting
+    if forgetting is not None:
+        put("forgetting", {"retention_score": forgetting.retention_score})
+        for name, p in forgetting.probes.items():
+            put(f"forgetting/{name}", {"base": p.base, "tuned": p.tuned, "retention": p.retention})
+    if results.training is not None:
+        put("training", results.training.to_json())
     return out
 
 

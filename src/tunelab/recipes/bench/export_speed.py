@@ -29,8 +29,8 @@ from tunelab.export.folder import export_model
 from tunelab.models.loading import tokenizer_from
 from tunelab.models.saved import load_trained
 from tunelab.models.task_model import TaskModel
-from tunelab.recipes.run import setup
-from tunelab.results import write_json
+from tunelab.recipes.setup import setup
+from tunelab.results import read_results, write_json
 
 __all__ = ["GEN_PROMPTS", "bench_export", "cold_load", "logit_agreement"]
 
@@ -221,5 +221,5 @@ def _recorded_accuracy(run: Path) -> float | None:
     path = run / "results.json"
     if not path.is_file():
         return None
-    value = json.loads(path.read_text()).get("tuned", {}).get("metrics", {}).get("accuracy")
-    return float(value) if value is not None else None
+    tuned = read_results(path).tuned
+    return tuned.metrics.get("accuracy") if tuned else None

@@ -94,7 +94,7 @@ def load_rows(spec: TrainBenchSpec) -> tuple[Any, list[Encoded], list[Encoded]]:
     """Tokenizer, training and held-out rows, tokenised by tunelab's own pipeline."""
     from tunelab.config import Config
     from tunelab.models.loading import load_tokenizer
-    from tunelab.recipes.run import encode_splits, prepare_stage
+    from tunelab.recipes.setup import encode_splits, prepare_stage
 
     cfg = Config.model_validate({
         "name": "bench-data", "output_dir": spec.out_dir,
