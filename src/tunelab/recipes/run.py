@@ -46,8 +46,8 @@ from tunelab.report.tracking import MlflowSink, final_scalars, open_mlflow
 from tunelab.results import peak_rss_mb, write_json
 from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.distributed import Dist, current
-from tunelab.training.loop import fit
 from tunelab.training.metrics_log import MetricsLog
+from tunelab.training.setup import train
 
 __all__ = [
     "Setup",
@@ -276,7 +276,7 @@ def run_pipeline(
             sink.params(cfg.model_dump(mode="json"))
         say(f"training on {len(task.encoded['train'])} examples")
         val = val_subset(task.encoded["val"], cfg.train.val_max_examples, cfg.train.seed)
-        state = fit(
+        state = train(
             model,
             task.encoded["train"],
             val,
