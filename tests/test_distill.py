@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +15,12 @@ import torch
 import typer
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from conftest import tiny_config, write_sentiment_jsonl
+import tunelab
+from conftest import kill_after_checkpoint, tiny_config, write_sentiment_jsonl
 from tunelab.cli.distill import distill
 from tunelab.cli.main import app as main_app
 from tunelab.config import load_config, parse_config
@@ -24,6 +30,7 @@ from tunelab.models.student import check_vocab, mean_kl, merged_lm, shallow_stud
 from tunelab.recipes.distill import distill_stage
 from tunelab.recipes.run import setup
 from tunelab.recipes.stages import evaluate_stage
+from tunelab.training.checkpoint import read_pointer
 
 runner = CliRunner()
 app = typer.Typer()
@@ -223,3 +230,37 @@ def test_a_student_with_another_vocabulary_is_a_config_error(teacher_run, tiny_m
     same = AutoTokenizer.from_pretrained(tiny_model_dir)
     with pytest.raises(ConfigError, match="LM head has"):
         check_vocab(same, same, teacher, student)
+
+
+def test_a_killed_distillation_resumes_to_the_uninterrupted_weights(teacher_run, tmp_path):
+    """kill -9 after a checkpoint, `tunelab distill --resume`: the same student, bit for bit."""
+    settings = ["distill.steps=24", "distill.eval_every=4", "distill.lr=3e-3",
+                "train.keep_checkpoints=2", "train.early_stopping=null"]  # fmt: skip
+    ref = distill_stage(load_config(teacher_run, settings), out=tmp_path / "ref")
+    assert ref["training"]["steps"] == 24
+
+    out = tmp_path / "killed"
+    args = [str(teacher_run), *[f"--set={s}" for s in settings], f"--out={out}"]
+    # the child imports this tunelab (not another checkout's) and the tests' conftest
+    paths = [str(Path(__file__).parent), str(Path(tunelab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "distill", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    kill_after_checkpoint(proc, out / "distill", 8, lambda: proc.send_signal(signal.SIGKILL))
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "the distillation ended before it was killed"
+    killed_at = int(str(read_pointer(out / "distill" / "checkpoints")["last"]).split("-")[1])
+    assert 8 <= killed_at < 24 and not (out / "student").exists()
+
+    result = runner.invoke(app, ["distill", *args, "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((out / "distill.json").read_text())
+    assert resumed["training"]["steps"] == 24
+    a = load_file(tmp_path / "ref" / "student" / "model.safetensors")
+    b = load_file(out / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # each step is logged once, though the steps after the checkpoint ran twice
+    steps = [row["step"] for row in resumed["training"]["curve"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 24

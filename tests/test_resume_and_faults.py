@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import tunelab
 from conftest import kill_after_checkpoint, tiny_config
 from tunelab.cli.main import app
 from tunelab.config import parse_config
@@ -61,7 +62,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model_dir, senti
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "killed" / "tiny"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    # the child imports this tunelab (not another checkout's) and the tests' conftest
+    paths = [str(Path(__file__).parent), str(Path(tunelab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     kill_after_checkpoint(proc, run, 10, lambda: proc.send_signal(signal.SIGKILL))
