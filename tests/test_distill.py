@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,28 +15,22 @@ import torch
 import typer
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from conftest import tiny_config, write_sentiment_jsonl
-from tunelab.cli.distill import distill, parse_keep
+import tunelab
+from conftest import kill_after_checkpoint, tiny_config, write_sentiment_jsonl
+from tunelab.cli.distill import distill
 from tunelab.cli.main import app as main_app
-from tunelab.config import load_config
+from tunelab.config import load_config, parse_config
 from tunelab.errors import ConfigError
 from tunelab.models.saved import load_trained
+from tunelab.models.student import check_vocab, mean_kl, merged_lm, shallow_student, student_layers
 from tunelab.recipes.distill import distill_stage
-from tunelab.recipes.distill_student import (
-    DistillSettings,
-    check_vocab,
-    distill_settings,
-    mean_kl,
-    merged_lm,
-    mixed_batch,
-    resolve_keep,
-    shallow_student,
-)
 from tunelab.recipes.run import setup
 from tunelab.recipes.stages import evaluate_stage
+from tunelab.training.checkpoint import read_pointer
 
 runner = CliRunner()
 app = typer.Typer()
@@ -76,9 +74,12 @@ def teacher_run(four_layer_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def distilled(teacher_run: Path) -> tuple[dict, str]:
-    """``tunelab distill`` through the CLI: 40 steps, written beside the run."""
+    """``tunelab distill`` through the CLI: 40 steps of soft targets only (alpha 1: the
+    cut student keeps the teacher's last layer and starts close, so with hard targets
+    mixed in the KL need not fall), written beside the run."""
     out = teacher_run.parent / "distilled"
-    result = runner.invoke(app, ["distill", str(teacher_run), "--steps", "40", "--lr", "3e-3",
+    result = runner.invoke(app, ["distill", str(teacher_run), "--set", "distill.steps=40",
+                                 "--set", "distill.lr=3e-3", "--set", "distill.alpha=1.0",
                                  "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     return json.loads((out / "distill.json").read_text()), result.output
@@ -127,34 +128,30 @@ def test_shallow_student_keeps_the_requested_layers(four_layer_dir, lora):
     assert torch.equal(cached, plain_out)  # the KV cache indexes the student's own layers
 
 
-def test_every_other_and_bad_layer_lists():
-    assert resolve_keep("every-other", 30) == list(range(0, 30, 2))
-    assert resolve_keep("every-other", 5) == [0, 2, 4]
-    for bad in ([], [2, 1], [0, 0], [4], [-1]):
-        with pytest.raises(ConfigError, match="does not fit a teacher of 4 layers"):
-            resolve_keep(bad, 4)
-    assert parse_keep("0, 2,3") == [0, 2, 3] and parse_keep("every-other") == "every-other"
-    with pytest.raises(typer.BadParameter):
-        parse_keep("first-half")
+def test_student_layers_are_evenly_spaced_with_the_first_and_the_last():
+    # 15 of 30: round(i * 29 / 14), i = 0..14 (14.5 rounds to 14)
+    assert student_layers(15, 30) == [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]
+    assert student_layers(None, 30) == student_layers(15, 30)  # half, rounded up
+    assert student_layers(None, 4) == [0, 3] and student_layers(None, 5) == [0, 2, 4]
+    assert student_layers(1, 4) == [3] and student_layers([1, 2], 4) == [1, 2]
+    for bad in ([4], [0, 5], 5, 0):
+        with pytest.raises(ConfigError, match=r"distill\.layers .* does not fit a teacher of 4"):
+            student_layers(bad, 4)
 
 
-def test_settings_are_validated_all_at_once(teacher_run):
-    cfg = load_config(teacher_run, [])
-    s = distill_settings(cfg, "fp32", {"steps": 5, "lr": None})
-    assert s.steps == 5 and s.lr == DistillSettings().lr and s.seed == cfg.train.seed
+def test_the_distill_section_is_validated_all_at_once_naming_each_key():
+    cfg = parse_config({"distill": {"steps": 5, "layers": 15}})
+    assert cfg.distill.steps == 5 and cfg.distill.alpha == 0.5 and cfg.distill.general == 0.1
+    bad = {"alpha": 1.5, "general": 1.0, "steps": 0, "temperature": 0, "layers": [2, 1],
+           "lr": 2.0, "batchsize": 4}  # fmt: skip
     with pytest.raises(ConfigError) as err:
-        distill_settings(cfg, "fp32", {"alpha": 1.5, "general": 1.0, "steps": 0})
-    assert {p for p, _ in err.value.problems} == {"alpha", "general", "steps"}
-
-
-def test_batches_mix_task_and_general_examples_deterministically():
-    s = DistillSettings(batch_size=8, general=0.2, seed=3)
-    task, general = mixed_batch(50, 10, 4, s)
-    assert len(task) == 6 and len(general) == 2
-    assert (task, general) == mixed_batch(50, 10, 4, s)
-    assert mixed_batch(50, 0, 4, s)[1] == [] and len(mixed_batch(50, 0, 4, s)[0]) == 8
-    seen = [i for step in range(5) for i in mixed_batch(50, 10, step, s)[1]]
-    assert sorted(seen) == list(range(10))  # the general pool is walked without repeats
+        parse_config({"distill": bad})
+    problems = dict(err.value.problems)
+    assert set(problems) == {f"distill.{k}" for k in bad}
+    assert "did you mean 'batch_size'" in problems["distill.batchsize"]
+    assert "strictly increasing" in problems["distill.layers"]
+    with pytest.raises(ConfigError, match=r"either distill\.layers .* or distill\.student"):
+        parse_config({"distill": {"layers": 3, "student": "smollm2-135m-instruct"}})
 
 
 # ---- distillation end to end -------------------------------------------------------------
@@ -170,7 +167,7 @@ def test_distillation_lowers_the_kl_to_the_teacher(distilled, teacher_run):
     t_task, tok, _info = load_trained(cfg.run_dir)
     teacher = merged_lm(t_task.lm)
     student = load_trained(Path(result["student"]["path"]))[0].lm
-    fresh = shallow_student(teacher, "every-other")
+    fresh = shallow_student(teacher, student_layers(None, 4))
     items = setup(cfg, reuse_data=True, threads=1, tokenizer=tok).task.encoded["test"]
     pad = tok.pad_token_id
     assert mean_kl(student, teacher, items, pad_id=pad) < 0.5 * mean_kl(fresh, teacher, items,
@@ -182,7 +179,7 @@ def test_the_student_folder_loads_evaluates_and_is_smaller(distilled, teacher_ru
     folder = Path(result["student"]["path"])
     assert folder.name == "student" and (folder.parent / "distill.json").is_file()
     model, _tok, info = load_trained(folder)
-    assert info["kind"] == "full" and info["kept_layers"] == [0, 2]
+    assert info["kind"] == "full" and info["kept_layers"] == [0, 3]  # first and last
     assert info["distilled_from"] and info["student_layers"] == 2
     assert model.lm.config.num_hidden_layers == 2
     cfg = load_config(teacher_run, [])
@@ -198,13 +195,19 @@ def test_the_student_folder_loads_evaluates_and_is_smaller(distilled, teacher_ru
     assert (t["layers"], s["layers"]) == (4, 2)
     steps = [row["step"] for row in result["training"]["curve"]]
     assert steps == list(range(cfg.train.log_every, 41, cfg.train.log_every))
-    assert result["data"]["general_examples"] == 2 * 40  # round(8 x 0.2) per step
+    assert result["training"]["steps"] == 40 and result["training"]["stopped"] == "completed"
+    # general examples are a share 0.1 of the training list: round(n_task x 0.1 / 0.9)
+    n_task = result["data"]["task_examples"]
+    assert result["data"]["general_examples"] == round(n_task * 0.1 / 0.9) > 0
+    curve = result["training"]["curve"]
+    for row in curve:  # alpha 1, T = 2: alpha T^2 KL is the whole loss
+        assert row["loss"] == pytest.approx(4 * row["loss.kl"]) and row["loss.ce"] == 0, row
 
 
 def test_a_named_student_with_the_same_tokenizer(teacher_run, tiny_model_dir, tmp_path):
-    cfg = load_config(teacher_run, [])
-    result = distill_stage(cfg, student=str(tiny_model_dir), out=tmp_path,
-                           overrides={"steps": 3, "general": 0.0})  # fmt: skip
+    cfg = load_config(teacher_run, [f"distill.student={tiny_model_dir}", "distill.steps=3",
+                                    "distill.general=0.0"])  # fmt: skip
+    result = distill_stage(cfg, out=tmp_path)
     assert result["student"]["spec"] == str(tiny_model_dir)
     assert result["student"]["kept_layers"] is None and result["student"]["layers"] == 2
     assert result["data"]["general_examples"] == 0
@@ -218,14 +221,46 @@ def test_a_student_with_another_vocabulary_is_a_config_error(teacher_run, tiny_m
     tok = AutoTokenizer.from_pretrained(other)
     tok.add_tokens(["zebra"])
     tok.save_pretrained(other)
-    cfg = load_config(teacher_run, [])
+    cfg = load_config(teacher_run, [f"distill.student={other}"])
     with pytest.raises(ConfigError, match="tokenizer differs from the teacher's") as err:
-        distill_stage(cfg, student=str(other), out=tmp_path / "out")
+        distill_stage(cfg, out=tmp_path / "out")
     assert "same tokenizer" in str(err.value) and not (tmp_path / "out").exists()
     teacher, student = (AutoModelForCausalLM.from_pretrained(p) for p in (tiny_model_dir, other))
     student.resize_token_embeddings(student.config.vocab_size + 8)
     same = AutoTokenizer.from_pretrained(tiny_model_dir)
     with pytest.raises(ConfigError, match="LM head has"):
         check_vocab(same, same, teacher, student)
-    with pytest.raises(ConfigError, match="either --keep or --student"):
-        distill_stage(cfg, keep=[0], student=str(other))
+
+
+def test_a_killed_distillation_resumes_to_the_uninterrupted_weights(teacher_run, tmp_path):
+    """kill -9 after a checkpoint, `tunelab distill --resume`: the same student, bit for bit."""
+    settings = ["distill.steps=24", "distill.eval_every=4", "distill.lr=3e-3",
+                "train.keep_checkpoints=2", "train.early_stopping=null"]  # fmt: skip
+    ref = distill_stage(load_config(teacher_run, settings), out=tmp_path / "ref")
+    assert ref["training"]["steps"] == 24
+
+    out = tmp_path / "killed"
+    args = [str(teacher_run), *[f"--set={s}" for s in settings], f"--out={out}"]
+    # the child imports this tunelab (not another checkout's) and the tests' conftest
+    paths = [str(Path(__file__).parent), str(Path(tunelab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "distill", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    kill_after_checkpoint(proc, out / "distill", 8, lambda: proc.send_signal(signal.SIGKILL))
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "the distillation ended before it was killed"
+    killed_at = int(str(read_pointer(out / "distill" / "checkpoints")["last"]).split("-")[1])
+    assert 8 <= killed_at < 24 and not (out / "student").exists()
+
+    result = runner.invoke(app, ["distill", *args, "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((out / "distill.json").read_text())
+    assert resumed["training"]["steps"] == 24
+    a = load_file(tmp_path / "ref" / "student" / "model.safetensors")
+    b = load_file(out / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # each step is logged once, though the steps after the checkpoint ran twice
+    steps = [row["step"] for row in resumed["training"]["curve"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 24

@@ -1,4 +1,7 @@
-"""The training loop's arithmetic: gradient accumulation, step planning, early stopping."""
+"""The training loop's arithmetic: gradient accumulation, step planning, early stopping.
+
+Each test calls :func:`tunelab.training.setup.train` (setup, then the loop ``fit``) on
+hand-built items."""
 
 from __future__ import annotations
 
@@ -8,16 +11,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tunelab.config.schema import EarlyStoppingConfig, TrainConfig
 from tunelab.data.tokenize import Encoded
 from tunelab.models.task_model import build_task_model
-from tunelab.training.loop import LoopSettings, fit, plan_steps
 from tunelab.training.metrics_log import MetricsLog, read_metrics
+from tunelab.training.setup import LoopSettings, plan_steps, train
 
 BASE = dict(
     batch_size=4, grad_accum=1, epochs=1.0, max_steps=1, lr=1e-2, schedule="constant",
-    warmup=0.0, weight_decay=0.0, max_grad_norm=None, precision="fp32", eval_every=1,
-    log_every=1, patience=None, min_delta=0.0, seed=0, keep_checkpoints=1, pad_id=0,
+    warmup=0.0, weight_decay=0.0, max_grad_norm=None, eval_every=1, log_every=1,
+    early_stopping=None, seed=0, keep_checkpoints=1, max_batch_tokens=None,
 )  # fmt: skip
+
+
+def _settings(row_tokens: int | None = None, **over) -> LoopSettings:
+    """The ``train`` section as validated by the schema, fp32, pad id 0."""
+    return LoopSettings(TrainConfig(**{**BASE, **over}), "fp32", 0, row_tokens=row_tokens)
 
 
 def _items() -> list[Encoded]:
@@ -27,9 +36,9 @@ def _items() -> list[Encoded]:
 
 def _train(tmp_path, lm, name: str, **over) -> dict[str, torch.Tensor]:
     model = build_task_model(copy.deepcopy(lm), kind="full", head="lm")
-    fit(model, _items(), _items()[:2], LoopSettings(**{**BASE, **over}),
-        checkpoints=tmp_path / name, config_yaml="", log=MetricsLog(tmp_path / name,
-        tensorboard=False))  # fmt: skip
+    train(model, _items(), _items()[:2], _settings(**over),
+          checkpoints=tmp_path / name, config_yaml="", log=MetricsLog(tmp_path / name,
+          tensorboard=False))  # fmt: skip
     return {k: v.clone() for k, v in model.trainable_state().items()}
 
 
@@ -49,10 +58,10 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, tiny_model_dir)
 
 
 def test_plan_steps_from_epochs_and_accumulation():
-    s = LoopSettings(**{**BASE, "max_steps": None, "batch_size": 4, "grad_accum": 2, "epochs": 2.5})
+    s = _settings(max_steps=None, batch_size=4, grad_accum=2, epochs=2.5)
     # 10 examples -> 3 micro-batches per epoch -> 7.5 micro-batches -> 4 optimizer steps
     assert plan_steps(10, s) == 4
-    assert plan_steps(10, LoopSettings(**{**BASE, "max_steps": 7})) == 7
+    assert plan_steps(10, _settings(max_steps=7)) == 7
     # two processes share each step: 7.5 micro-batches / (2 x 2) -> 2 optimizer steps
     assert plan_steps(10, s, world=2) == 2
 
@@ -62,9 +71,10 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir):
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = build_task_model(lm, kind="full", head="lm")
     # a learning rate this large makes validation loss rise after the first step
-    s = LoopSettings(**{**BASE, "max_steps": 50, "lr": 5.0, "patience": 2, "eval_every": 1})
-    state = fit(model, _items(), _items(), s, checkpoints=tmp_path / "c", config_yaml="",
-                log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
+    stop = EarlyStoppingConfig(patience=2)
+    s = _settings(max_steps=50, lr=0.9, early_stopping=stop, eval_every=1)
+    state = train(model, _items(), _items(), s, checkpoints=tmp_path / "c", config_yaml="",
+                  log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
     assert state.stopped == "early_stopping"
     assert state.step == state.best_step + 2
     vals = [m["val_loss"] for m in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in m]
@@ -110,10 +120,10 @@ def test_every_loss_term_weighs_the_same_whatever_the_batch_it_lands_in(
     """A step's summed loss is divided by the epoch's mean terms per step (not its own)."""
     from tunelab.data.batching import collate, train_batches
     from tunelab.models.loss import batch_loss
-    from tunelab.training import loop
+    from tunelab.training import setup
 
     monkeypatch.setattr(
-        loop, "build_optimizer", lambda m, lr, weight_decay: torch.optim.SGD(
+        setup, "build_optimizer", lambda m, lr, weight_decay: torch.optim.SGD(
             [p for p in m.parameters() if p.requires_grad], lr=1.0)
     )  # fmt: skip
     torch.manual_seed(0)
@@ -124,9 +134,9 @@ def test_every_loss_term_weighs_the_same_whatever_the_batch_it_lands_in(
     first = train_batches([e.length for e in items], 2, seed=0, epoch=0)[0]
     loss_sum, n = batch_loss(model, collate([items[i] for i in first], 0))
     grads = torch.autograd.grad(loss_sum, list(model.parameters()), allow_unused=True)
-    fit(model, items, items[:1], LoopSettings(**{**BASE, "batch_size": 2}),
-        checkpoints=tmp_path / "c", config_yaml="",
-        log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
+    train(model, items, items[:1], _settings(batch_size=2),
+          checkpoints=tmp_path / "c", config_yaml="",
+          log=MetricsLog(tmp_path, tensorboard=False))  # fmt: skip
     assert n != 11  # the first step's own count differs from the mean
     for (name, p), g in zip(model.named_parameters(), grads, strict=True):
         if g is not None:

@@ -21,11 +21,11 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import tunelab
 from conftest import kill_after_checkpoint, tiny_config
 from tunelab.cli.main import app
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, TrainingError
-from tunelab.models import task_model as task_model_module
 from tunelab.recipes.run import Stages, run_pipeline
 from tunelab.training.checkpoint import (
     TrainState,
@@ -35,6 +35,7 @@ from tunelab.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from tunelab.training.objectives import LM
 
 pytestmark = pytest.mark.faults
 
@@ -63,7 +64,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model_dir, senti
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "killed" / "tiny"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    # the child imports this tunelab (not another checkout's) and the tests' conftest
+    paths = [str(Path(__file__).parent), str(Path(tunelab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     kill_after_checkpoint(proc, run, 10, lambda: proc.send_signal(signal.SIGKILL))
@@ -113,20 +116,20 @@ def test_resume_after_the_last_checkpoint_writes_the_model(
 def _poison(monkeypatch, at_call: int, where: str) -> None:
     """Make the ``at_call``-th training forward give a NaN loss (``loss``) or a finite loss
     whose gradients are NaN (``grad``)."""
-    real = task_model_module.batch_loss
+    real = LM.loss
     calls = {"n": 0}
 
-    def poisoned(model, batch):
-        loss, n = real(model, batch)
+    def poisoned(self, model, batch):
+        loss, n, logs = real(self, model, batch)
         if torch.is_grad_enabled():  # training forwards only, not validation
             calls["n"] += 1
             if calls["n"] == at_call and where == "loss":
                 loss = loss * float("nan")
             elif calls["n"] == at_call:
                 loss.register_hook(lambda g: g * float("nan"))
-        return loss, n
+        return loss, n, logs
 
-    monkeypatch.setattr(task_model_module, "batch_loss", poisoned)  # what forward() calls
+    monkeypatch.setattr(LM, "loss", poisoned)  # what the loop's forward computes
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])

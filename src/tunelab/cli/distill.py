@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tunelab.cli._common import ConfigArg, SetOpt, console, get_config
+from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
 from tunelab.cli._progress import training_progress
 from tunelab.recipes.distill import distill_stage
-from tunelab.recipes.distill_student import DistillSettings, Keep
-
-D = DistillSettings()  # the defaults shown in --help
+from tunelab.training.distributed import current, launch_command, launched_world_size
 
 
 def distill(
@@ -23,50 +22,50 @@ def distill(
         Path | None,
         typer.Option(help="The teacher's run or model folder; default: the config's run."),
     ] = None,
-    keep: Annotated[
-        str | None,
-        typer.Option(
-            help="Teacher layers the student keeps: every-other (the default) or "
-            "indices such as 0,2,4."
-        ),
-    ] = None,
-    student: Annotated[
-        str | None,
-        typer.Option(
-            help="A smaller model with the teacher's tokenizer (alias, folder, "
-            "hub id) instead of cutting layers."
-        ),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help=f"Optimizer steps [{D.steps}].")] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(help=f"Weight of the KL term; 1-alpha weighs the CE [{D.alpha}]."),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(help=f"Softmax temperature of the soft targets [{D.temperature}]."),
-    ] = None,
-    general: Annotated[
-        float | None, typer.Option(help=f"Share of each batch from general data [{D.general}].")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help=f"Peak learning rate [{D.lr:g}].")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=f"Examples per step [{D.batch_size}].")
-    ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for student/ and distill.json; default: the config's run."),
+        typer.Option(help="Folder for distill/, student/ and distill.json; default: the run."),
     ] = None,
-) -> None:
-    """Distil the fine-tuned model into a smaller student; compare teacher and student."""
-    cfg = get_config(config, set_)
-    knobs = {"steps": steps, "alpha": alpha, "temperature": temperature, "general": general,
-             "lr": lr, "batch_size": batch_size}  # fmt: skip
-    with training_progress() as progress:
-        result = distill_stage(
-            cfg, teacher=teacher, out=out, keep=parse_keep(keep), student=student,
-            overrides=knobs, progress=progress, say=lambda m: console.print(f"• {m}"),
-        )  # fmt: skip
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from <out>/distill's last checkpoint.")
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1,
+            help="Data-parallel processes on this machine (`accelerate launch`), as for "
+            "`tunelab train`.",
+        ),
+    ] = 1,
+) -> None:  # fmt: skip
+    """Distil the fine-tuned model into a smaller student; compare teacher and student.
+
+    The student and its training are the config's `distill` section (docs/distill.md):
+    e.g. --set distill.layers=15 --set distill.steps=300 --set distill.alpha=0.8.
+    """
+    cfg = get_config(config, set_)  # a config error shows once, before any launch
+    if nproc > 1 and launched_world_size() == 1:
+        args = ["distill", *([str(config)] if config else [])]
+        args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
+        args += [f"--teacher={teacher}"] if teacher else []
+        args += [f"--out={out}"] if out else []
+        console.print(
+            f"• launching {nproc} processes: accelerate launch -m tunelab {' '.join(args)}"
+        )
+        code = subprocess.call(launch_command(nproc, args))
+        if code:
+            raise typer.Exit(code)
+        return
+    try:
+        with training_progress() as progress:
+            result = distill_stage(
+                cfg, teacher=teacher, out=out, resume=resume, progress=progress,
+                say=lambda m: console.print(f"• {m}"),
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        raise interrupted(cfg, "distill", config) from None
+    if not current().is_main:
+        return
     console.print(comparison_table(result))
     kl = result["student"].get("val_kl") or {}
     if kl:
@@ -74,20 +73,6 @@ def distill(
             f"KL(teacher ‖ student) on val: {kl['before']:.4f} before, {kl['after']:.4f} after "
             f"distillation; student in {result['student']['path']}"
         )
-
-
-def parse_keep(text: str | None) -> Keep | None:
-    """``every-other`` or comma-separated layer indices."""
-    if text is None:
-        return None
-    if text == "every-other":
-        return "every-other"
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither every-other nor comma-separated integers", param_hint="--keep"
-        ) from None
 
 
 def comparison_table(result: dict[str, Any]) -> Table:

@@ -21,6 +21,7 @@ from tunelab.config.data_section import (
     SplitConfig,
     TaskConfig,
 )
+from tunelab.config.distill_section import DistillConfig
 from tunelab.config.forgetting_section import ForgettingConfig
 from tunelab.config.section import Section
 from tunelab.config.space import check_search
@@ -31,6 +32,7 @@ __all__ = [
     "CleanConfig",
     "Config",
     "DataConfig",
+    "DistillConfig",
     "EarlyStoppingConfig",
     "EvalConfig",
     "ForgettingConfig",
@@ -350,6 +352,11 @@ class Config(Section):
     )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="A smaller student trained from the fine-tuned model by `tunelab distill` "
+        "(docs/distill.md); the other verbs ignore it.",
     )
     sweep: SearchConfig | None = Field(
         None,

@@ -42,7 +42,8 @@ def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors.
 
-    input_ids, attention_mask, labels: (B, T); prompt_len, class_index: (B,).
+    input_ids, attention_mask, labels: (B, T); prompt_len, class_index: (B,); and (B,)
+    for each of the ``extras`` that every item carries (``Encoded.extras``).
     ``labels`` holds IGNORE on prompt and padding positions.
     """
     width = max(e.length for e in items)
@@ -59,6 +60,11 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         "labels": labels,
         "prompt_len": torch.tensor([e.prompt_len for e in items]),
         "class_index": torch.tensor([e.class_index for e in items]),
+        **{
+            name: torch.tensor([float(e.extras[name]) for e in items])
+            for name in items[0].extras
+            if all(name in e.extras for e in items)
+        },
     }
 
 

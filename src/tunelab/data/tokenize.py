@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.data.types import Example
@@ -19,12 +19,15 @@ class Encoded:
     """One tokenised example.
 
     ``input_ids`` = prompt + response tokens; ``prompt_len`` tokens of prompt come first.
-    ``class_index`` is the label's index for classification data, else -1.
+    ``class_index`` is the label's index for classification data, else -1. ``extras``:
+    per-example numbers a training objective declares it needs (``Objective.fields``),
+    collated to a (B,) tensor each; e.g. distillation marks general-data examples.
     """
 
     input_ids: list[int]
     prompt_len: int
     class_index: int = -1
+    extras: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def length(self) -> int:
@@ -32,7 +35,9 @@ class Encoded:
 
     def prompt_only(self) -> Encoded:
         """The same example without its response (what scoring and a classifier head read)."""
-        return Encoded(self.input_ids[: self.prompt_len], self.prompt_len, self.class_index)
+        return Encoded(
+            self.input_ids[: self.prompt_len], self.prompt_len, self.class_index, self.extras
+        )
 
     @property
     def labels(self) -> list[int]:

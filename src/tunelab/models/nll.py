@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +41,14 @@ def loss_sums(
     precision: str,
     *,
     counted: int | None = None,
-) -> tuple[float, int]:
+    loss: Callable[..., Any] | None = None,
+) -> tuple[float, float]:
     """Summed loss and term count over ``pieces`` (:func:`loss_pieces`).
 
     Only the first ``counted`` pieces count (default: all). Under FSDP every forward is a
     collective, so a rank with a smaller share of the val split runs uncounted repeats
-    until it has run as many forwards as the others.
+    until it has run as many forwards as the others. ``loss``: a training objective's
+    ``loss`` (it returns the sum and the count first); default the model's head loss.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -54,7 +57,8 @@ def loss_sums(
     for k, batch in enumerate(pieces):
         with autocast(precision, device):
             # through the module's call (not batch_loss): an FSDP root gathers its weights
-            loss_sum, n = model({key: v.to(device) for key, v in batch.items()})
+            out = model({key: v.to(device) for key, v in batch.items()}, loss)
+        loss_sum, n = out[0], out[1]
         if counted is None or k < counted:
             total, terms = total + loss_sum.item(), terms + n
     model.train(was_training)

@@ -9,7 +9,7 @@ restricted to the labels predicts (a zero-shot start instead of a random one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -71,12 +71,18 @@ class TaskModel(nn.Module):
         ids = torch.tensor([prefix], device=next(self.parameters()).device)
         return self.decoder(input_ids=ids, use_cache=True).cache
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Summed loss of one batch and its term count (:func:`~tunelab.models.loss.batch_loss`).
+    def forward(
+        self, batch: dict[str, torch.Tensor], loss: Callable[..., Any] | None = None
+    ) -> Any:
+        """``loss(self, batch)``: what a training objective computes from one batch
+        (``training/objectives/``); without ``loss``, the summed head loss and its term
+        count (:func:`~tunelab.models.loss.batch_loss`).
 
-        Training calls the model this way so that a data-parallel wrapper (DDP) around it
-        sees the whole graph of the step.
+        Training calls the model this way so that a data-parallel wrapper (DDP, FSDP)
+        around it sees the whole graph of the step, whatever the objective computes.
         """
+        if loss is not None:
+            return loss(self, batch)
         return batch_loss(self, batch)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -57,31 +57,9 @@ def _task_spec(name: str, t: Any, weight: float, max_rows: int | None) -> TaskSp
 
 
 def loop_settings(cfg: Config, precision: str, pad_id: int) -> LoopSettings:
-    t = cfg.train
-    return LoopSettings(
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr=t.lr,
-        schedule=t.schedule,
-        warmup=t.warmup,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        precision=precision,
-        eval_every=t.eval_every,
-        log_every=t.log_every,
-        patience=t.early_stopping.patience if t.early_stopping else None,
-        min_delta=t.early_stopping.min_delta if t.early_stopping else 0.0,
-        seed=t.seed,
-        keep_checkpoints=t.keep_checkpoints,
-        pad_id=pad_id,
-        max_batch_tokens=t.max_batch_tokens,
-        packing=t.packing,
-        row_tokens=cfg.model.max_length,
-        length_grouping=t.length_grouping,
-        nonfinite=t.nonfinite,
-    )
+    """The ``train`` section as it is (each knob declared once, in the schema) and what
+    the run resolved: the precision, the pad id, the packed row length."""
+    return LoopSettings(cfg.train, precision, pad_id, row_tokens=cfg.model.max_length)
 
 
 def eval_settings(cfg: Config, precision: str, pad_id: int, classification: bool) -> EvalSettings:

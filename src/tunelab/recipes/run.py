@@ -71,8 +71,8 @@ from tunelab.results import (
 )
 from tunelab.training.checkpoint import TrainState, load_weights, read_pointer
 from tunelab.training.distributed import Dist, current
-from tunelab.training.loop import fit
 from tunelab.training.metrics_log import MetricsLog
+from tunelab.training.setup import train
 
 # setup's names stay importable from here (``distill`` and older callers use them)
 __all__ = [
@@ -126,7 +126,7 @@ def run_pipeline(
     results.trainable_params, results.total_params = parameter_counts(model)
     log = None
     if stages.train:
-        state, memory, log = train(run, model, resume=resume, progress=progress)
+        state, memory, log = train_stage(run, model, resume=resume, progress=progress)
         if not run.dist.is_main:  # rank 0 writes the model and results; the others are done
             run.dist.close()
             return Results(training=Training(steps=state.step, stopped=state.stopped))
@@ -270,7 +270,7 @@ def parameter_counts(model: TaskModel) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def train(
+def train_stage(
     run: Run, model: TaskModel, *, resume: bool, progress: Progress | None
 ) -> tuple[TrainState, list[tuple[float, float]], MetricsLog]:
     """The loop, with the mitigations and the val task metrics; returns its final state,
@@ -285,7 +285,7 @@ def train(
         run.sink.params(cfg.model_dump(mode="json"))
     run.say(f"training on {len(task.encoded['train'])} examples")
     val = val_subset(task.encoded["val"], cfg.train.val_max_examples, cfg.train.seed)
-    state = fit(
+    state = train(
         model,
         task.encoded["train"],
         val,

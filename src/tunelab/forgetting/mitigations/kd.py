@@ -8,10 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from torch.utils.checkpoint import checkpoint
 
 from tunelab.config.forgetting_section import KdConfig
 from tunelab.data.batching import collate
@@ -20,7 +18,7 @@ from tunelab.forgetting.mitigations.base import (
     general_pool,
     seeded_stream,
 )
-from tunelab.models.loss import CHUNK
+from tunelab.models.loss import chunked_kl
 from tunelab.models.precision import autocast
 from tunelab.models.task_model import TaskModel
 from tunelab.training.hooks import Context, Mitigation
@@ -28,44 +26,6 @@ from tunelab.training.hooks import Context, Mitigation
 __all__ = ["KD", "chunked_kl"]
 
 Head = Callable[[torch.Tensor], torch.Tensor]
-
-
-def chunked_kl(
-    student_head: Head,
-    teacher_head: Head,
-    h_student: torch.Tensor,
-    h_teacher: torch.Tensor,
-    temperature: float = 1.0,
-    chunk: int = CHUNK,
-) -> torch.Tensor:
-    """Σ_rows KL(softmax(z_t / T) ‖ softmax(z_s / T)), z = head(h), ``chunk`` rows at a time.
-
-    h_student, h_teacher: (N, H) hidden states of the same N positions; the result is an
-    fp32 scalar, differentiable through ``student_head`` and ``h_student`` only. As in
-    :func:`tunelab.models.loss.chunked_cross_entropy`, the (chunk, V) logits of both
-    models exist one chunk at a time: with autograd each chunk is recomputed in backward.
-    """
-    if h_student.shape[0] <= chunk:
-        return _kl_sum(student_head, teacher_head, h_student, h_teacher, temperature)
-    total = h_student.new_zeros((), dtype=torch.float32)
-    for start in range(0, h_student.shape[0], chunk):
-        hs, ht = h_student[start : start + chunk], h_teacher[start : start + chunk]
-        if torch.is_grad_enabled() and hs.requires_grad:
-            part = checkpoint(_kl_sum, student_head, teacher_head, hs, ht, temperature,
-                              use_reentrant=False)  # fmt: skip
-        else:
-            part = _kl_sum(student_head, teacher_head, hs, ht, temperature)
-        total = total + part
-    return total
-
-
-def _kl_sum(
-    student_head: Head, teacher_head: Head, hs: torch.Tensor, ht: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    with torch.no_grad():
-        log_t = F.log_softmax(teacher_head(ht).float() / temperature, dim=-1)  # (n, V)
-    log_s = F.log_softmax(student_head(hs).float() / temperature, dim=-1)  # (n, V)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="sum")
 
 
 class KD(Mitigation):

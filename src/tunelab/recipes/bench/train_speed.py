@@ -194,11 +194,13 @@ def _layers_params(lm: Any) -> int:
 
 def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
                 pad_id: int) -> dict[str, Any]:  # fmt: skip
+    from tunelab.config.schema import TrainConfig
     from tunelab.models.loading import load_base
     from tunelab.models.precision import resolve_precision
     from tunelab.models.task_model import build_task_model
-    from tunelab.training.loop import LoopSettings, fit
     from tunelab.training.metrics_log import MetricsLog
+    from tunelab.training.setup import LoopSettings
+    from tunelab.training.setup import train as train_model
 
     torch.manual_seed(spec.seed)
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -207,14 +209,13 @@ def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
         lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
         lora_targets=list(spec.lora_targets),
     )  # fmt: skip
-    settings = LoopSettings(
-        batch_size=spec.batch_size, grad_accum=1, epochs=1.0, max_steps=None,
-        lr=spec.learning_rate, schedule="linear", warmup=spec.warmup_steps, weight_decay=0.0,
-        max_grad_norm=1.0, precision=precision, eval_every=10**9, log_every=10, patience=None,
-        min_delta=0.0, seed=spec.seed, keep_checkpoints=1, pad_id=pad_id,
-        max_batch_tokens=spec.max_batch_tokens, packing=spec.packing,
-        row_tokens=spec.max_length, length_grouping=spec.length_grouping,
+    section = TrainConfig(
+        batch_size=spec.batch_size, epochs=1.0, lr=spec.learning_rate, schedule="linear",
+        warmup=spec.warmup_steps, max_grad_norm=1.0, eval_every=10**9, log_every=10,
+        early_stopping=None, seed=spec.seed, max_batch_tokens=spec.max_batch_tokens,
+        packing=spec.packing, length_grouping=spec.length_grouping,
     )  # fmt: skip
+    settings = LoopSettings(section, precision, pad_id, row_tokens=spec.max_length)
     marks: dict[str, float] = {}
 
     def progress(event: dict[str, Any]) -> None:
@@ -224,9 +225,9 @@ def run_tunelab(spec: TrainBenchSpec, train: list[Encoded], val: list[Encoded],
 
     work = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
     start = time.perf_counter()
-    state = fit(model, train, val[:4], settings, checkpoints=work / "checkpoints",
-                config_yaml="", log=MetricsLog(work, tensorboard=False),
-                progress=progress)  # fmt: skip
+    state = train_model(model, train, val[:4], settings, checkpoints=work / "checkpoints",
+                        config_yaml="", log=MetricsLog(work, tensorboard=False),
+                        progress=progress)  # fmt: skip
     return {
         "train_seconds": marks["end"] - start,
         "peak_rss_mb": marks["rss"],
