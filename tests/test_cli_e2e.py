@@ -125,23 +125,32 @@ def test_config_verbs(tmp_path):
     assert "rotten_tomatoes" in listed.output and "chatterbot_qa" in listed.output
 
 
-def test_errors_are_one_message_without_traceback(tmp_path):
+def test_errors_are_one_message_without_traceback(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epoch: 3\n")
+    # the real entry point, in a process of its own
     proc = subprocess.run([sys.executable, "-m", "tunelab", "config", "validate", str(bad)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1
     assert "train.epoch: unknown key; did you mean 'epochs'?" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    debug = subprocess.run([sys.executable, "-m", "tunelab", "--debug", "config", "validate",
-                            str(bad)], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
-    # a process of a distributed launch names its rank (each rank reports its own failure)
-    ranked = subprocess.run([sys.executable, "-m", "tunelab", "config", "validate", str(bad)],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "RANK": "1"})  # fmt: skip
-    assert ranked.stderr.startswith("error (rank 1): ") and "train.epoch" in ranked.stderr
     assert "(rank" not in proc.stderr
+    # the same main() in this process: --debug lets the error through with its traceback
+    from tunelab.cli import main as cli_main
+    from tunelab.errors import ConfigError
+
+    monkeypatch.setattr(sys, "argv", ["tunelab", "--debug", "config", "validate", str(bad)])
+    with pytest.raises(ConfigError, match=r"train\.epoch"):
+        cli_main.main()
+    # a process of a distributed launch names its rank (each rank reports its own failure)
+    monkeypatch.setattr(sys, "argv", ["tunelab", "config", "validate", str(bad)])
+    monkeypatch.setenv("RANK", "1")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main()
+    assert exited.value.code == 1
+    ranked = capsys.readouterr().err
+    assert ranked.startswith("error (rank 1): ") and "train.epoch" in ranked
 
 
 def test_data_error_names_file_line_and_field(tmp_path, tiny_model_dir):
