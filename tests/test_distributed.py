@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+import tunelab
 from conftest import kill_after_checkpoint, tiny_config
 from tunelab.config import parse_config
 from tunelab.errors import CheckpointError, ConfigError, TunelabError
@@ -42,7 +43,9 @@ def _config(tmp: Path, model: Path, data: Path, name: str, **train) -> dict:
 def _launch(cfg: dict, tmp: Path, *extra: str) -> subprocess.Popen:
     path = tmp / f"{cfg['name']}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    # the children import this tunelab (not another checkout's) and the tests' conftest
+    paths = [str(Path(__file__).parent), str(Path(tunelab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.Popen(
         [sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
