@@ -21,6 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tunelab.config.forgetting_section import L2spConfig
 from tunelab.config.schema import TrainConfig
 from tunelab.data.tokenize import Encoded
 from tunelab.forgetting.mitigations.l2sp import L2SP
@@ -76,7 +77,7 @@ def _run(folder: Path, model_dir: Path, case: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if case.get("l2sp"):
         ctx = Context(general=[], pad_id=0, batch_size=2, precision="fp32", seed=3)
-        extra = {"mitigations": [L2SP(5.0)], "ctx": ctx}
+        extra = {"mitigations": [L2SP(L2spConfig(strength=5.0))], "ctx": ctx}
     state = train(model, items, val, s, checkpoints=folder / "checkpoints", config_yaml="",
                   log=MetricsLog(folder, tensorboard=False), **extra)  # fmt: skip
     lines = read_metrics(folder / "metrics.jsonl")
