@@ -95,7 +95,7 @@ class Distill:
             part = self.alpha * self.temperature**2 * kl + (1 - self.alpha) * ce
             total = total + w * part
             terms += w * n
-            kl_log, ce_log = kl_log + w * float(kl), ce_log + w * float(ce)
+            kl_log, ce_log = kl_log + w * kl.item(), ce_log + w * ce.item()
         return total, terms, {"kl": kl_log, "ce": ce_log}
 
     def _weight(self, is_general: bool) -> float:
