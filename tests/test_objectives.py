@@ -129,7 +129,7 @@ def test_the_distill_loss_is_kl_at_t_and_ce_mixed_by_alpha_and_share(tiny_model_
             kl_sum += weight * kl
     assert expected_terms == pytest.approx(n)  # the weights add up to the unweighted count
     assert terms == pytest.approx(expected_terms)
-    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
     assert logs["kl"] == pytest.approx(kl_sum, rel=1e-5)
     # the general positions carry a share g of the summed weights, whatever their count
     general_weight = sum(
