@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from rich.console import Console
 from tunelab.config import Config, load_config
 from tunelab.errors import TrainingError
 from tunelab.training.checkpoint import read_pointer
+from tunelab.training.distributed import launch_command, launched_world_size
 
 __all__ = [
     "ConfigArg",
@@ -73,3 +75,16 @@ def interrupted(cfg: Config, verb: str, config: Path | None) -> TrainingError:
     saved = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was saved yet"
     command = " ".join(["tunelab", verb, *([str(config)] if config else []), "--resume"])
     return TrainingError(f"interrupted; {saved} in {folder}", hint=f"continue with `{command}`")
+
+
+def relaunched(nproc: int, args: list[str]) -> bool:
+    """``--nproc N`` outside a distributed launch: run ``tunelab ARGS`` in N processes
+    (``accelerate launch``), wait for them and return True; False when this process is to
+    do the work itself (one process, or already one rank of a launch)."""
+    if nproc <= 1 or launched_world_size() != 1:
+        return False
+    console.print(f"• launching {nproc} processes: accelerate launch -m tunelab {' '.join(args)}")
+    code = subprocess.call(launch_command(nproc, args))
+    if code:
+        raise typer.Exit(code)
+    return True

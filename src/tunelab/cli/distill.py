@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
+from tunelab.cli._common import (
+    ConfigArg,
+    SetOpt,
+    console,
+    get_config,
+    interrupted,
+    relaunched,
+)
 from tunelab.cli._progress import training_progress
 from tunelab.recipes.distill import distill_stage
-from tunelab.training.distributed import current, launch_command, launched_world_size
+from tunelab.training.distributed import current
 
 
 def distill(
@@ -44,17 +50,11 @@ def distill(
     e.g. --set distill.layers=15 --set distill.steps=300 --set distill.alpha=0.8.
     """
     cfg = get_config(config, set_)  # a config error shows once, before any launch
-    if nproc > 1 and launched_world_size() == 1:
-        args = ["distill", *([str(config)] if config else [])]
-        args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
-        args += [f"--teacher={teacher}"] if teacher else []
-        args += [f"--out={out}"] if out else []
-        console.print(
-            f"• launching {nproc} processes: accelerate launch -m tunelab {' '.join(args)}"
-        )
-        code = subprocess.call(launch_command(nproc, args))
-        if code:
-            raise typer.Exit(code)
+    args = ["distill", *([str(config)] if config else [])]
+    args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
+    args += [f"--teacher={teacher}"] if teacher else []
+    args += [f"--out={out}"] if out else []
+    if relaunched(nproc, args):
         return
     try:
         with training_progress() as progress:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Annotated
 
 import typer
 
-from tunelab.cli._common import ConfigArg, SetOpt, console, get_config, interrupted
+from tunelab.cli._common import (
+    ConfigArg,
+    SetOpt,
+    console,
+    get_config,
+    interrupted,
+    relaunched,
+)
 from tunelab.cli._progress import training_progress
 from tunelab.recipes.run import Stages, run_pipeline
-from tunelab.training.distributed import current, launch_command, launched_world_size
+from tunelab.training.distributed import current
 
 
 def train(
@@ -32,15 +38,9 @@ def train(
 ) -> None:
     """Fine-tune only (no evaluation); the best checkpoint is exported to <run>/model."""
     cfg = get_config(config, set_)  # a config error shows once, before any launch
-    if nproc > 1 and launched_world_size() == 1:
-        args = ["train", *([str(config)] if config else [])]
-        args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
-        console.print(
-            f"• launching {nproc} processes: accelerate launch -m tunelab {' '.join(args)}"
-        )
-        code = subprocess.call(launch_command(nproc, args))
-        if code:
-            raise typer.Exit(code)
+    args = ["train", *([str(config)] if config else [])]
+    args += [f"--set={item}" for item in set_ or []] + (["--resume"] if resume else [])
+    if relaunched(nproc, args):
         return
     try:
         with training_progress() as progress:
