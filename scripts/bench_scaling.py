@@ -40,7 +40,7 @@ def child_data(n: int) -> dict:
     from tunelab.config import Config
     from tunelab.models.loading import load_tokenizer
     from tunelab.results import peak_rss_mb
-    from tunelab.recipes.run import encode_splits, prepare_stage
+    from tunelab.recipes.setup import encode_splits, prepare_stage
 
     folder = OUT.parent / "scaling"
     start = time.perf_counter()

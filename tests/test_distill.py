@@ -28,7 +28,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.saved import load_trained
 from tunelab.models.student import check_vocab, mean_kl, merged_lm, shallow_student, student_layers
 from tunelab.recipes.distill import distill_stage
-from tunelab.recipes.run import setup
+from tunelab.recipes.setup import setup
 from tunelab.recipes.stages import evaluate_stage
 from tunelab.training.checkpoint import read_pointer
 

@@ -36,7 +36,8 @@ from tunelab.models.loading import load_base, load_tokenizer
 from tunelab.models.saved import is_trained_folder, load_trained, save_trained
 from tunelab.models.student import check_vocab, mean_kl, merged_lm, shallow_student, student_layers
 from tunelab.models.task_model import TaskModel
-from tunelab.recipes.run import Setup, setup, val_scorer, val_subset
+from tunelab.recipes.run import val_scorer, val_subset
+from tunelab.recipes.setup import Setup, setup
 from tunelab.results import peak_rss_mb, write_json
 from tunelab.training.checkpoint import load_weights, read_pointer
 from tunelab.training.distributed import current

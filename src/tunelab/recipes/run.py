@@ -42,11 +42,7 @@ from tunelab.recipes import assess, forgetting
 from tunelab.recipes.builders import loop_settings
 from tunelab.recipes.setup import (
     Setup,
-    TaskData,
-    encode_splits,
     model_info,
-    prepare_stage,
-    set_threads,
     setup,
     start_model,
 )
@@ -74,19 +70,7 @@ from tunelab.training.distributed import Dist, current
 from tunelab.training.metrics_log import MetricsLog
 from tunelab.training.setup import train
 
-# setup's names stay importable from here (``distill`` and older callers use them)
-__all__ = [
-    "Setup",
-    "Stages",
-    "TaskData",
-    "encode_splits",
-    "model_info",
-    "prepare_stage",
-    "run_pipeline",
-    "set_threads",
-    "setup",
-    "start_model",
-]
+__all__ = ["Stages", "check_distributed", "run_pipeline", "val_scorer", "val_subset"]
 
 Progress = Callable[[dict[str, Any]], None]
 

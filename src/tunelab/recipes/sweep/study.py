@@ -37,7 +37,8 @@ from tunelab.config import Config, dump_config
 from tunelab.config.schema import SearchConfig
 from tunelab.data.prepare import Prepared
 from tunelab.errors import ConfigError, TrainingError
-from tunelab.recipes.run import Stages, prepare_stage, run_pipeline
+from tunelab.recipes.run import Stages, run_pipeline
+from tunelab.recipes.setup import prepare_stage
 from tunelab.recipes.sweep.outputs import INTERRUPTED, best_row, trial_row, write_outputs
 from tunelab.recipes.sweep.trials import (
     best_of,
